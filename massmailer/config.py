@@ -1,0 +1,268 @@
+"""Settings from the environment, parsed strictly once; nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from massmailer.providers.base import ProviderConfig, TlsMode
+
+
+class ConfigError(Exception):
+    """A missing or malformed setting; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    broker_url: str | None
+    redis_url: str | None
+    providers: tuple[ProviderConfig, ...]
+    default_from: str | None
+    bounce_address: str | None
+    message_id_domain: str
+    public_url: str
+    secret_key: str = field(repr=False)
+    max_attempts: int = 6
+    backoff_base_seconds: float = 10.0
+    backoff_cap_seconds: float = 7200.0
+    chunk_size: int = 200
+    lease_seconds: int = 900
+    publish_grace_seconds: int = 60
+    sweep_interval_seconds: float = 30.0
+    max_body_bytes: int = 1_000_000
+    redis_key_prefix: str = "mm:"
+    declare_topology: bool = True
+    log_format: str = "kv"
+
+    def __repr__(self) -> str:
+        return f"Settings(providers={[p.name for p in self.providers]})"
+
+
+def load_settings(environ: Mapping[str, str], *, require_services: bool = True) -> Settings:
+    """Build Settings from an environment mapping; raise ConfigError naming the bad variable."""
+    database_url = _database_url(environ, require_services)
+    broker_url = environ.get("BROKER_URL") or environ.get("CLOUDAMQP_URL")
+    if require_services and not broker_url:
+        raise ConfigError(
+            "BROKER_URL is not set (nor CLOUDAMQP_URL): the send queue needs RabbitMQ"
+        )
+    default_from = environ.get("MASSMAILER_DEFAULT_FROM") or None
+    bounce = environ.get("MASSMAILER_BOUNCE_ADDRESS") or default_from
+    domain = _domain_of(bounce) or "massmailer.localhost"
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        redis_url=environ.get("REDIS_URL") or None,
+        providers=load_providers(environ),
+        default_from=default_from,
+        bounce_address=bounce,
+        message_id_domain=environ.get("MASSMAILER_MESSAGE_ID_DOMAIN") or domain,
+        public_url=(environ.get("MASSMAILER_PUBLIC_URL") or "http://localhost:8000").rstrip("/"),
+        secret_key=_secret_key(environ, require_services),
+        max_attempts=_int(environ, "MASSMAILER_MAX_ATTEMPTS", 6, minimum=1),
+        backoff_base_seconds=_float(environ, "MASSMAILER_BACKOFF_BASE_SECONDS", 10.0),
+        backoff_cap_seconds=_float(environ, "MASSMAILER_BACKOFF_CAP_SECONDS", 7200.0),
+        chunk_size=_int(environ, "MASSMAILER_CHUNK_SIZE", 200, minimum=1),
+        lease_seconds=_int(environ, "MASSMAILER_LEASE_SECONDS", 900, minimum=10),
+        publish_grace_seconds=_int(environ, "MASSMAILER_PUBLISH_GRACE_SECONDS", 60, minimum=1),
+        sweep_interval_seconds=_float(environ, "MASSMAILER_SWEEP_INTERVAL_SECONDS", 30.0),
+        max_body_bytes=_int(environ, "MASSMAILER_MAX_BODY_BYTES", 1_000_000, minimum=1),
+        redis_key_prefix=environ.get("MASSMAILER_REDIS_PREFIX", "mm:"),
+        declare_topology=_bool(environ, "MASSMAILER_DECLARE_TOPOLOGY", True),
+        log_format=environ.get("MASSMAILER_LOG_FORMAT", "kv"),
+    )
+
+
+def settings_from_environment(*, require_services: bool = True) -> Settings:
+    """Read this process's environment (the only place that does)."""
+    return load_settings(os.environ, require_services=require_services)
+
+
+def flower_settings() -> tuple[int, str]:
+    """Return Flower's port and broker URL; refuse to run Flower without basic auth."""
+    auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if ":" not in auth:
+        raise ConfigError("FLOWER_BASIC_AUTH is not set (user:password); Flower never runs open")
+    broker_url = os.environ.get("BROKER_URL") or os.environ.get("CLOUDAMQP_URL")
+    if not broker_url:
+        raise ConfigError("BROKER_URL is not set (nor CLOUDAMQP_URL)")
+    return _int(os.environ, "PORT", 5555, minimum=1), broker_url
+
+
+def normalize_database_url(url: str) -> str:
+    """Point postgres URLs at psycopg2: SQLAlchemy 2.1 maps postgresql:// to psycopg 3."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg2://" + url[len(scheme) :]
+    return url
+
+
+def _database_url(environ: Mapping[str, str], require_services: bool) -> str:
+    url = environ.get("DATABASE_URL")
+    if not url:
+        if require_services:
+            raise ConfigError("DATABASE_URL is not set: web and worker processes need PostgreSQL")
+        return "sqlite:///massmailer-demo.sqlite3"
+    return normalize_database_url(url)
+
+
+def _secret_key(environ: Mapping[str, str], require_services: bool) -> str:
+    key = environ.get("MASSMAILER_SECRET_KEY") or environ.get("SECRET_KEY")
+    if key:
+        return key
+    if require_services:
+        # Only unsubscribe links are signed with it; a per-process random key would break them.
+        return "insecure-development-key-set-MASSMAILER_SECRET_KEY"
+    return "demo-secret"
+
+
+def load_providers(environ: Mapping[str, str]) -> tuple[ProviderConfig, ...]:
+    """Read MASSMAILER_PROVIDERS (JSON) or MASSMAILER_PROVIDERS_FILE (JSON or YAML)."""
+    raw = environ.get("MASSMAILER_PROVIDERS")
+    path = environ.get("MASSMAILER_PROVIDERS_FILE")
+    if raw and path:
+        raise ConfigError("set MASSMAILER_PROVIDERS or MASSMAILER_PROVIDERS_FILE, not both")
+    if path:
+        source = "MASSMAILER_PROVIDERS_FILE"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read {path}: {exc.strerror}") from None
+        entries = _parse_document(text, source)
+    elif raw:
+        source = "MASSMAILER_PROVIDERS"
+        entries = _parse_document(raw, source)
+    else:
+        return ()
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source} must be a list of provider objects")
+    providers = tuple(parse_provider(entry, f"{source}[{i}]") for i, entry in enumerate(entries))
+    names = [p.name for p in providers]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"{source}: provider names must be unique, repeated: {duplicated}")
+    return providers
+
+
+def _parse_document(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is neither JSON nor YAML: {exc}") from None
+
+
+_PROVIDER_FIELDS = {f.name for f in fields(ProviderConfig)}
+
+
+def parse_provider(entry: object, where: str) -> ProviderConfig:
+    """Validate one provider entry; errors name the entry and the field."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be an object")
+    name = entry.get("name")
+    label = f"{where} ({name})" if isinstance(name, str) else where
+    unknown = set(entry) - _PROVIDER_FIELDS
+    if unknown:
+        raise ConfigError(f"{label}: unknown field(s) {sorted(unknown)}")
+    for required in ("name", "host", "port"):
+        if entry.get(required) in (None, ""):
+            raise ConfigError(f"{label}: '{required}' is required")
+    try:
+        tls = TlsMode(entry.get("tls", "none"))
+    except ValueError:
+        raise ConfigError(f"{label}: 'tls' must be none, starttls or ssl") from None
+    return ProviderConfig(
+        name=_text(entry, "name", label),
+        host=_text(entry, "host", label),
+        port=_number(entry, "port", label, int, minimum=1, maximum=65535),
+        tls=tls,
+        username=_optional_text(entry, "username", label),
+        password=_optional_text(entry, "password", label),
+        weight=_number(entry, "weight", label, int, minimum=0, default=1),
+        rate_per_second=_optional_number(entry, "rate_per_second", label, float),
+        rate_per_day=_optional_number(entry, "rate_per_day", label, int),
+        max_connections=_number(entry, "max_connections", label, int, minimum=1, default=10),
+        timeout_seconds=_number(entry, "timeout_seconds", label, float, minimum=0.1, default=30.0),
+        ca_file=_optional_text(entry, "ca_file", label),
+    )
+
+
+def _text(entry: dict, key: str, label: str) -> str:
+    value = entry[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{label}: '{key}' must be a non-empty string")
+    return value
+
+
+def _optional_text(entry: dict, key: str, label: str) -> str | None:
+    return None if entry.get(key) in (None, "") else _text(entry, key, label)
+
+
+def _number(entry, key, label, kind, *, minimum=None, maximum=None, default=None):
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{label}: '{key}' must be a number")
+    if kind is int and value != int(value):
+        raise ConfigError(f"{label}: '{key}' must be a whole number")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{label}: '{key}' must be between {minimum} and {maximum}")
+    return kind(value)
+
+
+def _optional_number(entry, key, label, kind):
+    if entry.get(key) is None:
+        return None
+    return _number(entry, key, label, kind, minimum=0)
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _domain_of(address: str | None) -> str | None:
+    if not address or "@" not in address:
+        return None
+    return address.rsplit("@", 1)[1].strip(" >")

@@ -1,0 +1,73 @@
+"""email_jobs: one row per recipient; the original columns plus what delivery needs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from massmailer.extensions import db
+from massmailer.models.types import BigIntId, UtcDateTime, utcnow
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class EmailJob(db.Model):
+    __tablename__ = "email_jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('PENDING', 'SENT', 'FAILED', 'CANCELLED')", name="status_known"
+        ),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+        # The sweeper and the status counts filter by status first.
+        Index("ix_email_jobs_status_updated_at", "status", "updated_at"),
+        Index("ix_email_jobs_api_key_id_created_at", "api_key_id", "created_at"),
+    )
+
+    # The original table, same names and meanings.
+    job_id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    recipient: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(998))
+    body: Mapped[str] = mapped_column(Text)  # the text part; empty when only HTML was given
+    priority: Mapped[int] = mapped_column(default=0, server_default="0")  # higher goes first
+    provider: Mapped[str | None] = mapped_column(String(50))  # the provider that delivered it
+    status: Mapped[str] = mapped_column(String(20), default=Status.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    # Message content beyond the original columns.
+    recipient_name: Mapped[str | None] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(255))
+    sender_name: Mapped[str | None] = mapped_column(String(255))
+    html: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[list | None] = mapped_column(JSON)  # validated extra headers, [[name, value]]
+    category: Mapped[str] = mapped_column(
+        String(20), default="transactional", server_default="transactional"
+    )
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)  # stable across retries
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+
+    # Scheduling, retry and the claim that keeps two workers from sending one job.
+    send_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Bumped whenever the job is handed to the broker again, so a late confirm stamp of an
+    # older publish cannot mark a newer one as enqueued.
+    dispatch_seq: Mapped[int] = mapped_column(default=0, server_default="0")
+    enqueued_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    failed_provider: Mapped[str | None] = mapped_column(String(50))  # avoid it on the next try
+
+    # Outcome.
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    provider_queue_id: Mapped[str | None] = mapped_column(String(255))
+    provider_reply: Mapped[str | None] = mapped_column(String(512))
