@@ -1,0 +1,68 @@
+"""Per-process collaborators (pools, limits, delivery, publisher), built after any fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from massmailer.config import Settings
+from massmailer.delivery import DeliveryService
+from massmailer.dispatch import Publisher
+from massmailer.limits import MemoryLimits, RedisLimits
+from massmailer.limits.interface import Limits
+from massmailer.providers.pool import PoolRegistry
+
+
+@dataclass
+class Services:
+    settings: Settings
+    limits: Limits
+    pools: PoolRegistry
+    delivery: DeliveryService
+    publisher: Publisher
+
+
+_lock = threading.Lock()
+_cache: dict[tuple[int, int], Services] = {}
+
+
+def services_for(settings: Settings, publisher: Publisher) -> Services:
+    """Return this process's services for settings, building them once per process."""
+    # Keyed by pid so a child of fork never reuses its parent's sockets.
+    key = (os.getpid(), id(settings))
+    with _lock:
+        found = _cache.get(key)
+        if found is None:
+            found = _cache[key] = build_services(settings, publisher)
+        return found
+
+
+def build_services(
+    settings: Settings, publisher: Publisher, limits: Limits | None = None
+) -> Services:
+    """Wire delivery with Redis limits when REDIS_URL is set, in-process ones otherwise."""
+    if limits is None:
+        limits = make_limits(settings)
+    pools = PoolRegistry()
+    delivery = DeliveryService(settings, settings.providers, pools, limits)
+    return Services(settings, limits, pools, delivery, publisher)
+
+
+def make_limits(settings: Settings) -> Limits:
+    """Limits shared by the fleet through Redis, or in-process for the embedded demo."""
+    if settings.redis_url:
+        client = redis.Redis.from_url(settings.redis_url)
+        return RedisLimits(client, prefix=settings.redis_key_prefix)
+    return MemoryLimits()
+
+
+def forget_all() -> None:
+    """Close and forget the services this process built (tests build apps with other settings)."""
+    with _lock:
+        for (pid, _), services in _cache.items():
+            if pid == os.getpid():
+                services.pools.close_all()
+        _cache.clear()

@@ -1,0 +1,66 @@
+"""Thin Celery tasks: decode ids, call the delivery service or the sweeper, publish what follows."""
+
+from __future__ import annotations
+
+import logging
+from itertools import groupby
+
+from celery import current_app, shared_task
+from flask import current_app as flask_app
+
+from massmailer import dispatch, sweeper
+from massmailer.extensions import db
+from massmailer.publisher import CeleryPublisher
+from massmailer.services import Services, services_for
+
+logger = logging.getLogger(__name__)
+
+# Stop starting sends this long before the soft time limit so the last SMTP timeout still fits.
+SOFT_LIMIT_MARGIN_SECONDS = 60
+
+
+def current_services() -> Services:
+    """This process's services for the running app."""
+    return services_for(flask_app.extensions["massmailer.settings"], CeleryPublisher(current_app))
+
+
+@shared_task(name="massmailer.send_chunk", bind=True)
+def send_chunk(self, job_ids: list[int]) -> dict:
+    """Deliver a chunk of job ids, then publish its retries to their delay tiers."""
+    if not isinstance(job_ids, list) or not all(type(i) is int for i in job_ids):
+        logger.error("event=bad_task_args task_id=%s args=%r", self.request.id, job_ids)
+        return {"error": "job_ids must be a list of integers"}
+    services = current_services()
+    soft_limit = self.soft_time_limit or current_app.conf.task_soft_time_limit or 300
+    budget = max(5.0, min(soft_limit, services.settings.lease_seconds) - SOFT_LIMIT_MARGIN_SECONDS)
+    report = services.delivery.deliver(db.session, job_ids, budget_seconds=budget)
+    chunk_size = services.settings.chunk_size
+    for tier, group in groupby(sorted(report.retries, key=lambda r: r[0]), key=lambda r: r[0]):
+        dispatches = [d for _, d in group]
+        dispatch.dispatch(
+            db.session, services.publisher, dispatches, chunk_size=chunk_size, delay_seconds=tier
+        )
+    if report.released:
+        dispatch.dispatch(db.session, services.publisher, report.released, chunk_size=chunk_size)
+    logger.info(
+        "event=chunk_done task_id=%s jobs=%d claimed=%d sent=%d failed=%d retries=%d",
+        self.request.id,
+        len(job_ids),
+        report.claimed,
+        report.sent,
+        report.failed,
+        len(report.retries),
+    )
+    return {
+        "claimed": report.claimed,
+        "sent": report.sent,
+        "failed": report.failed,
+        "retries": len(report.retries),
+        "released": len(report.released),
+    }
+
+
+@shared_task(name="massmailer.sweep")
+def sweep() -> int:
+    """Re-publish PENDING jobs the broker cannot be holding; release due scheduled jobs."""
+    return sweeper.sweep(db.session, current_services())
