@@ -1,0 +1,50 @@
+"""Turn rows into the API's JSON shapes; times are RFC 3339 with an offset."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from massmailer.models import EmailAttempt, EmailJob
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """Format an aware datetime as RFC 3339 (UTC, explicit offset)."""
+    return value.isoformat() if value is not None else None
+
+
+def job_json(job: EmailJob, attempts: list[EmailAttempt]) -> dict:
+    """The public view of one job, with its attempt history."""
+    return {
+        "id": job.job_id,
+        "status": job.status,
+        "to": job.recipient,
+        "from": job.sender,
+        "subject": job.subject,
+        "priority": job.priority,
+        "category": job.category,
+        "provider": job.provider,
+        "attempts": job.attempts,
+        "message_id": job.message_id,
+        "provider_queue_id": job.provider_queue_id,
+        "last_error": job.last_error,
+        "created_at": rfc3339(job.created_at),
+        "updated_at": rfc3339(job.updated_at),
+        "send_at": rfc3339(job.send_at),
+        "next_attempt_at": rfc3339(job.next_attempt_at) if job.status == "PENDING" else None,
+        "sent_at": rfc3339(job.sent_at),
+        "history": [attempt_json(a) for a in attempts],
+    }
+
+
+def attempt_json(attempt: EmailAttempt) -> dict:
+    """One try as the API shows it."""
+    return {
+        "attempt": attempt.attempt_no,
+        "provider": attempt.provider,
+        "outcome": attempt.outcome,
+        "smtp_code": attempt.smtp_code,
+        "enhanced_code": attempt.enhanced_code,
+        "error": attempt.error,
+        "duration_ms": attempt.duration_ms,
+        "at": rfc3339(attempt.created_at),
+    }

@@ -1,0 +1,49 @@
+"""Accept an email: store the job, commit, then hand it to the queue."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from massmailer import dispatch
+from massmailer.config import Settings
+from massmailer.jobstore import Dispatch
+from massmailer.message import make_message_id
+from massmailer.models import EmailJob, Status
+from massmailer.models.types import utcnow
+from massmailer.validation import EmailRequest
+
+
+def accept(
+    session: Session,
+    publisher: dispatch.Publisher,
+    request: EmailRequest,
+    *,
+    api_key_id: int | None,
+    settings: Settings,
+) -> EmailJob:
+    """Store one job (committed before anything is published) and publish it unless scheduled."""
+    now = utcnow()
+    job = EmailJob(
+        recipient=request.to_addr,
+        recipient_name=request.to_name,
+        sender=request.from_addr,
+        sender_name=request.from_name,
+        subject=request.subject,
+        body=request.text or "",
+        html=request.html,
+        headers=[list(h) for h in request.headers] or None,
+        priority=request.priority,
+        category=request.category,
+        send_at=request.send_at,
+        status=Status.PENDING,
+        attempts=0,
+        message_id=make_message_id(settings.message_id_domain),
+        api_key_id=api_key_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.commit()
+    if job.send_at is None or job.send_at <= now:
+        dispatch.dispatch(session, publisher, [Dispatch(job.job_id, job.priority, 0)], chunk_size=1)
+    return job
