@@ -59,7 +59,7 @@ class OutgoingMessage:
 
 
 def build_message(msg: OutgoingMessage) -> bytes:
-    """Return the message as CRLF-terminated bytes ready for smtplib's sendmail/send_message."""
+    """Return the message as CRLF-terminated bytes, ready for smtplib's sendmail()."""
     if msg.date.tzinfo is None:
         raise ValueError("date must be timezone-aware")
     if not _MSG_ID.fullmatch(msg.message_id):
