@@ -34,9 +34,9 @@ task_publish_retry_policy = {
 }
 broker_connection_retry_on_startup = True
 
-# The delivery service stops starting sends a minute before the soft limit; the hard limit ends a
-# hung slot. Both stay below the claim lease (MASSMAILER_LEASE_SECONDS, 900 s) so a chunk is never
-# claimed by a second worker while the first can still send.
+# The hard limit ends a hung slot; the soft one lets a chunk record what it did. Both are set from
+# MASSMAILER_TASK_TIME_LIMIT_SECONDS (massmailer.worker), which config keeps below the claim lease
+# so a chunk is never claimed by a second worker while the first can still send.
 task_soft_time_limit = 300
 task_time_limit = 360
 

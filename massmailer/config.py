@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from massmailer.providers.base import ProviderConfig, TlsMode
+from massmailer.validation import ValidationError, parse_address
 
 
 class ConfigError(Exception):
@@ -34,6 +35,7 @@ class Settings:
     backoff_cap_seconds: float = 7200.0
     chunk_size: int = 200
     lease_seconds: int = 900
+    task_time_limit_seconds: int = 360
     publish_grace_seconds: int = 60
     sweep_interval_seconds: float = 30.0
     max_body_bytes: int = 1_000_000
@@ -44,6 +46,16 @@ class Settings:
     def __repr__(self) -> str:
         return f"Settings(providers={[p.name for p in self.providers]})"
 
+    @property
+    def soft_time_limit_seconds(self) -> float:
+        """Celery's soft limit: a minute (at the default) before the hard one."""
+        return self.task_time_limit_seconds * 5 / 6
+
+    @property
+    def send_budget_seconds(self) -> float:
+        """How long a chunk may start sends: the rest of the soft limit fits a last SMTP timeout."""
+        return self.soft_time_limit_seconds * 0.8
+
 
 def load_settings(environ: Mapping[str, str], *, require_services: bool = True) -> Settings:
     """Build Settings from an environment mapping; raise ConfigError naming the bad variable."""
@@ -53,9 +65,18 @@ def load_settings(environ: Mapping[str, str], *, require_services: bool = True) 
         raise ConfigError(
             "BROKER_URL is not set (nor CLOUDAMQP_URL): the send queue needs RabbitMQ"
         )
-    default_from = environ.get("MASSMAILER_DEFAULT_FROM") or None
-    bounce = environ.get("MASSMAILER_BOUNCE_ADDRESS") or default_from
+    default_from = _address(environ, "MASSMAILER_DEFAULT_FROM")
+    bounce = _address(environ, "MASSMAILER_BOUNCE_ADDRESS", bare=True) or _bare(default_from)
     domain = _domain_of(bounce) or "massmailer.localhost"
+    lease_seconds = _int(environ, "MASSMAILER_LEASE_SECONDS", 900, minimum=10)
+    time_limit = _int(environ, "MASSMAILER_TASK_TIME_LIMIT_SECONDS", 360, minimum=5)
+    if lease_seconds <= time_limit:
+        # A claim must outlive the task that holds it, or a second worker could claim and send
+        # a job the first one is still sending.
+        raise ConfigError(
+            f"MASSMAILER_LEASE_SECONDS ({lease_seconds}) must exceed "
+            f"MASSMAILER_TASK_TIME_LIMIT_SECONDS ({time_limit})"
+        )
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
@@ -70,7 +91,8 @@ def load_settings(environ: Mapping[str, str], *, require_services: bool = True) 
         backoff_base_seconds=_float(environ, "MASSMAILER_BACKOFF_BASE_SECONDS", 10.0),
         backoff_cap_seconds=_float(environ, "MASSMAILER_BACKOFF_CAP_SECONDS", 7200.0),
         chunk_size=_int(environ, "MASSMAILER_CHUNK_SIZE", 200, minimum=1),
-        lease_seconds=_int(environ, "MASSMAILER_LEASE_SECONDS", 900, minimum=10),
+        lease_seconds=lease_seconds,
+        task_time_limit_seconds=time_limit,
         publish_grace_seconds=_int(environ, "MASSMAILER_PUBLISH_GRACE_SECONDS", 60, minimum=1),
         sweep_interval_seconds=_float(environ, "MASSMAILER_SWEEP_INTERVAL_SECONDS", 30.0),
         max_body_bytes=_int(environ, "MASSMAILER_MAX_BODY_BYTES", 1_000_000, minimum=1),
@@ -260,6 +282,23 @@ def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _address(environ: Mapping[str, str], name: str, *, bare: bool = False) -> str | None:
+    raw = environ.get(name)
+    if not raw:
+        return None
+    try:
+        display, addr = parse_address(raw, name)
+    except ValidationError as exc:
+        raise ConfigError(f"{name}: {exc.message}") from None
+    if bare and display:
+        raise ConfigError(f"{name} must be a bare address (it is the SMTP envelope sender)")
+    return addr if bare else raw
+
+
+def _bare(address: str | None) -> str | None:
+    return parse_address(address, "address")[1] if address else None
 
 
 def _domain_of(address: str | None) -> str | None:

@@ -21,7 +21,7 @@ from massmailer.models.types import utcnow
 from massmailer.outcomes import OutcomeRecorder
 from massmailer.picker import NoProvider, ProviderPicker
 from massmailer.providers.base import FailureKind, ProviderConfig, SendError
-from massmailer.providers.pool import PoolRegistry
+from massmailer.providers.pool import PoolRegistry, PoolTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +79,16 @@ class DeliveryService:
             for index, job in enumerate(claimed):
                 if self._monotonic() >= deadline:
                     # Stop rather than outlive the lease; the rest go back to the queue.
-                    rest = claimed[index:]
-                    jobstore.release(session, token, (j.job_id for j in rest), self._clock())
-                    report.released = [
-                        Dispatch(j.job_id, j.priority, j.dispatch_seq + 1) for j in rest
-                    ]
+                    report.released = self._release(session, token, claimed[index:])
                     break
-                self._deliver_one(job, recorder, suppressed)
+                try:
+                    self._deliver_one(job, recorder, suppressed)
+                except Exception as exc:
+                    # A bug, not a send failure: charge this job (so a poison job ends FAILED
+                    # after max attempts), give the rest back, and fail the task visibly.
+                    self._internal_error(job, recorder, exc)
+                    self._release(session, token, claimed[index + 1 :])
+                    raise
                 recorder.maybe_flush()
         finally:
             recorder.flush()
@@ -93,6 +96,21 @@ class DeliveryService:
         report.failed = recorder.counts["failed"]
         report.retries = recorder.retries
         return report
+
+    def _release(self, session: Session, token: str, jobs: list[ClaimedJob]) -> list[Dispatch]:
+        jobstore.release(session, token, (j.job_id for j in jobs), self._clock())
+        return [Dispatch(j.job_id, j.priority, j.dispatch_seq + 1) for j in jobs]
+
+    def _internal_error(self, job: ClaimedJob, recorder: OutcomeRecorder, exc: Exception) -> None:
+        reason = f"internal error: {type(exc).__name__}: {exc}"[:1000]
+        logger.exception("event=internal_error job_id=%d", job.job_id)
+        if job.attempts + 1 >= self._settings.max_attempts:
+            recorder.failed(job.job_id, None, reason, charged=1)
+        else:
+            tier = retry.pick_tier(self._settings.backoff_base_seconds)
+            recorder.retry(
+                job, error=reason, charged=1, tier_seconds=tier, failed_provider=job.failed_provider
+            )
 
     def _deliver_one(
         self, job: ClaimedJob, recorder: OutcomeRecorder, suppressed: set[str]
@@ -124,6 +142,10 @@ class DeliveryService:
         try:
             with self._pools.get(provider).session() as smtp:
                 delivered = smtp.send(mail_from, job.recipient, data)
+        except PoolTimeout:
+            # Every session to this provider is busy: capacity, not failure, so nothing is charged.
+            self._wait_for_capacity(job, recorder, NO_PROVIDER_MIN_WAIT_SECONDS)
+            return
         except SendError as error:
             duration_ms = int((self._monotonic() - started) * 1000)
             recorder.attempt(

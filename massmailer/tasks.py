@@ -15,9 +15,6 @@ from massmailer.services import Services, services_for
 
 logger = logging.getLogger(__name__)
 
-# Stop starting sends this long before the soft time limit so the last SMTP timeout still fits.
-SOFT_LIMIT_MARGIN_SECONDS = 60
-
 
 def current_services() -> Services:
     """This process's services for the running app."""
@@ -31,8 +28,7 @@ def send_chunk(self, job_ids: list[int]) -> dict:
         logger.error("event=bad_task_args task_id=%s args=%r", self.request.id, job_ids)
         return {"error": "job_ids must be a list of integers"}
     services = current_services()
-    soft_limit = self.soft_time_limit or current_app.conf.task_soft_time_limit or 300
-    budget = max(5.0, min(soft_limit, services.settings.lease_seconds) - SOFT_LIMIT_MARGIN_SECONDS)
+    budget = services.settings.send_budget_seconds
     report = services.delivery.deliver(db.session, job_ids, budget_seconds=budget)
     chunk_size = services.settings.chunk_size
     for tier, group in groupby(sorted(report.retries, key=lambda r: r[0]), key=lambda r: r[0]):

@@ -26,6 +26,8 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.config_from_object("celeryconfig")
     celery_app.conf.broker_url = settings.broker_url
     celery_app.conf.beat_schedule["sweep"]["schedule"] = settings.sweep_interval_seconds
+    celery_app.conf.task_time_limit = settings.task_time_limit_seconds
+    celery_app.conf.task_soft_time_limit = settings.soft_time_limit_seconds
     celery_app.set_default()
     app.extensions["celery"] = celery_app
 

@@ -118,6 +118,7 @@ class WorkerProcess:
         pool: str = "prefork",
         queues: str = "emails,maintenance",
         name: str | None = None,
+        beat: bool = False,
     ) -> None:
         self.env = dict(env)
         self.args = [
@@ -139,6 +140,9 @@ class WorkerProcess:
             f"{name or 'test-' + run_id()}@%h",
         ]
         OUTPUT_DIR.mkdir(exist_ok=True)
+        if beat:
+            # The embedded beat runs the sweeper every MASSMAILER_SWEEP_INTERVAL_SECONDS.
+            self.args += ["--beat", f"--schedule={OUTPUT_DIR / ('beat-' + run_id())}"]
         self.log_path = OUTPUT_DIR / f"worker-{run_id()}.log"
         self.proc: subprocess.Popen | None = None
 
