@@ -40,8 +40,6 @@ class Settings:
     sweep_interval_seconds: float = 30.0
     max_body_bytes: int = 1_000_000
     redis_key_prefix: str = "mm:"
-    declare_topology: bool = True
-    log_format: str = "kv"
 
     def __repr__(self) -> str:
         return f"Settings(providers={[p.name for p in self.providers]})"
@@ -97,8 +95,6 @@ def load_settings(environ: Mapping[str, str], *, require_services: bool = True) 
         sweep_interval_seconds=_float(environ, "MASSMAILER_SWEEP_INTERVAL_SECONDS", 30.0),
         max_body_bytes=_int(environ, "MASSMAILER_MAX_BODY_BYTES", 1_000_000, minimum=1),
         redis_key_prefix=environ.get("MASSMAILER_REDIS_PREFIX", "mm:"),
-        declare_topology=_bool(environ, "MASSMAILER_DECLARE_TOPOLOGY", True),
-        log_format=environ.get("MASSMAILER_LOG_FORMAT", "kv"),
     )
 
 

@@ -119,7 +119,7 @@ def test_a_malformed_provider_entry_stops_start_up_naming_it(entries, message):
         ("MASSMAILER_CHUNK_SIZE", "1.5"),
         ("MASSMAILER_DEFAULT_FROM", "not an address"),
         ("MASSMAILER_BOUNCE_ADDRESS", "Bounces <b@example.com>"),
-        ("MASSMAILER_DECLARE_TOPOLOGY", "perhaps"),
+        ("MASSMAILER_LEASE_SECONDS", "100"),
     ],
 )
 def test_a_malformed_setting_names_the_variable(name, value):
