@@ -46,7 +46,7 @@ def build_services(
     """Wire delivery with Redis limits when REDIS_URL is set, in-process ones otherwise."""
     if limits is None:
         limits = make_limits(settings)
-    pools = PoolRegistry()
+    pools = PoolRegistry(slots=limits)
     delivery = DeliveryService(settings, settings.providers, pools, limits)
     return Services(settings, limits, pools, delivery, publisher)
 

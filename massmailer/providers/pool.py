@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from massmailer.providers.base import FailureKind, ProviderConfig, SendError, TlsMode
 from massmailer.providers.smtp import SmtpSession, make_tls_context
@@ -32,8 +32,29 @@ class PoolTimeout(SendError):
         super().__init__(FailureKind.TRANSIENT, message)
 
 
+class ConnectionSlots(Protocol):
+    """A provider's connection cap across the fleet (massmailer.limits implements it)."""
+
+    def acquire_connection(self, provider: ProviderConfig) -> str | None: ...
+
+    def refresh_connection(self, provider: ProviderConfig, token: str) -> bool: ...
+
+    def release_connection(self, provider: ProviderConfig, token: str) -> None: ...
+
+
+# How long to keep asking for a fleet-wide slot before giving the job back as "no capacity now".
+FLEET_SLOT_WAIT_SECONDS = 2.0
+FLEET_SLOT_POLL_SECONDS = 0.05
+# Slot leases are refreshed when a session is lent, at most this often.
+SLOT_REFRESH_EVERY_SECONDS = 10.0
+
+
 class SessionPool:
-    """Thread-safe pool of open SmtpSessions to one provider, for this process only."""
+    """Thread-safe pool of open SmtpSessions to one provider, for this process only.
+
+    With `slots`, every open session also holds a fleet-wide slot, so max_connections caps the
+    provider's connections across all processes and hosts, not per process.
+    """
 
     def __init__(
         self,
@@ -44,8 +65,13 @@ class SessionPool:
         max_messages_per_session: int = 1000,
         acquire_timeout_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        slots: ConnectionSlots | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config
+        self._slots = slots
+        self._sleep = sleep
+        self._slot_tokens: dict[SmtpSession, tuple[str, float]] = {}  # token, last refresh
         self.max_idle_seconds = max_idle_seconds
         self.max_age_seconds = max_age_seconds
         self.max_messages_per_session = max_messages_per_session
@@ -95,7 +121,7 @@ class SessionPool:
             self._doomed |= self._in_use
             self._available.notify_all()
         for session in idle:
-            session.close()
+            self._close(session)
 
     def _acquire(self) -> SmtpSession:
         if os.getpid() != self._pid:
@@ -130,10 +156,14 @@ class SessionPool:
 
     def _open_new(self) -> SmtpSession:
         """Open a session in the reserved slot (outside the lock: connecting is slow)."""
+        token = None
         try:
+            token = self._acquire_fleet_slot()
             session = SmtpSession(self.config, ssl_context=self._tls_context())
             session.open()
         except BaseException:
+            if token is not None:
+                self._slots.release_connection(self.config, token)
             with self._available:
                 self._opening -= 1
                 self._available.notify()
@@ -141,12 +171,51 @@ class SessionPool:
         with self._available:
             self._opening -= 1
             self._in_use.add(session)
+            if token is not None:
+                self._slot_tokens[session] = (token, self._clock())
         return session
+
+    def _acquire_fleet_slot(self) -> str | None:
+        if self._slots is None:
+            return None
+        deadline = self._clock() + min(FLEET_SLOT_WAIT_SECONDS, self.acquire_timeout_seconds)
+        while True:
+            token = self._slots.acquire_connection(self.config)
+            if token is not None:
+                return token
+            if self._clock() >= deadline:
+                raise PoolTimeout(
+                    f"{self.config.name}: the fleet-wide cap of {self.config.max_connections} "
+                    "connections is reached"
+                )
+            self._sleep(FLEET_SLOT_POLL_SECONDS)
+
+    def _fleet_slot_alive(self, session: SmtpSession, now: float) -> bool:
+        """Refresh the session's fleet slot now and then; False if its lease already lapsed."""
+        with self._available:
+            held = self._slot_tokens.get(session)
+        if held is None or now - held[1] < SLOT_REFRESH_EVERY_SECONDS:
+            return True
+        if not self._slots.refresh_connection(self.config, held[0]):
+            return False
+        with self._available:
+            self._slot_tokens[session] = (held[0], now)
+        return True
+
+    def _close(self, session: SmtpSession) -> None:
+        """Close a session and give back its fleet slot."""
+        with self._available:
+            held = self._slot_tokens.pop(session, None)
+        session.close()
+        if held is not None:
+            self._slots.release_connection(self.config, held[0])
 
     def _still_good(self, session: SmtpSession) -> bool:
         """Check an idle session before lending it: not broken, not too old, answers NOOP."""
         now = self._clock()
         if not session.usable or self._too_old(session, now):
+            return False
+        if not self._fleet_slot_alive(session, now):
             return False
         # Servers drop idle clients (RFC 5321 suggests 5 minutes, some are quicker): after a
         # pause, one NOOP is cheaper than a failed MAIL.
@@ -171,14 +240,14 @@ class SessionPool:
                 self._idle.append(session)
             self._available.notify()
         if retire:
-            session.close()
+            self._close(session)
 
     def _discard(self, session: SmtpSession) -> None:
         with self._available:
             self._in_use.discard(session)
             self._doomed.discard(session)
             self._available.notify()
-        session.close()
+        self._close(session)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         # One context per pool: loading the CA bundle for every new connection is wasted work.
