@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from massmailer import jobstore, retry, suppressions
+from massmailer import failure_policy, jobstore, retry, suppressions
+from massmailer.batches import UNSUBSCRIBE_VAR, BatchTemplates
 from massmailer.config import Settings
 from massmailer.jobstore import ClaimedJob, Dispatch
 from massmailer.limits.interface import Limits
@@ -22,6 +23,7 @@ from massmailer.outcomes import OutcomeRecorder
 from massmailer.picker import NoProvider, ProviderPicker
 from massmailer.providers.base import FailureKind, ProviderConfig, SendError
 from massmailer.providers.pool import PoolRegistry, PoolTimeout
+from massmailer.unsubscribe import UnsubscribeLinks
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,10 @@ class DeliveryService:
         self._clock = clock
         self._monotonic = monotonic
         self._picker = ProviderPicker(providers, limits, self._rng)
+        self._templates = BatchTemplates(settings.max_body_bytes)
+        self._unsubscribe = UnsubscribeLinks(
+            settings.secret_key, settings.public_url, settings.unsubscribe_mailto
+        )
 
     def deliver(
         self, session: Session, job_ids: Sequence[int], *, budget_seconds: float
@@ -73,6 +79,7 @@ class DeliveryService:
         report = ChunkReport(claimed=len(claimed))
         if not claimed:
             return report
+        self._templates.load(session, (j.batch_id for j in claimed))
         suppressed = suppressions.suppressed_among(session, (j.recipient for j in claimed))
         recorder = OutcomeRecorder(session, token, self._clock, self._monotonic)
         try:
@@ -118,36 +125,62 @@ class DeliveryService:
         if job.recipient.lower() in suppressed:
             recorder.failed(job.job_id, None, "suppressed", charged=0)
             return
-        choice = self._picker.pick(avoid=job.failed_provider)
-        if isinstance(choice, NoProvider):
-            self._wait_for_capacity(job, recorder, choice.wait_seconds)
-            return
         try:
             data = build_message(self._outgoing(job))
         except (ValueError, UnicodeError) as exc:
             recorder.failed(job.job_id, None, f"bad_data: {exc}", charged=0)
             return
-        self._send(job, choice, data, recorder)
+        tried: list[str] = []
+        last_error: SendError | None = None
+        while True:
+            # First choice avoids the provider that failed this job last time, if anyone else can
+            # take it; a failover within this try never goes back to a provider that just failed.
+            avoid = tried or [job.failed_provider or ""]
+            choice = self._picker.pick(avoid=avoid, strict=bool(tried))
+            if isinstance(choice, NoProvider):
+                break
+            result = self._try(
+                job, choice, data, recorder, attempt_no=job.attempts + len(tried) + 1
+            )
+            if result is None:
+                return  # sent
+            if isinstance(result, PoolTimeout):
+                break
+            tried.append(choice.name)
+            last_error = result
+            if result.kind is not FailureKind.PROVIDER_FAULT:
+                break
+            # A provider fault says nothing about the message: fail over to another one now.
+        if last_error is None:
+            wait = choice.wait_seconds if isinstance(choice, NoProvider) else 0.0
+            self._wait_for_capacity(job, recorder, wait)
+        else:
+            self._after_failure(job, tried[-1], last_error, len(tried), recorder)
 
-    def _send(
-        self, job: ClaimedJob, provider: ProviderConfig, data: bytes, recorder: OutcomeRecorder
-    ) -> None:
-        attempt_no = job.attempts + 1
-        mail_from = (
-            verp_sender(self._settings.bounce_address, job.job_id)
-            if self._settings.bounce_address
-            else job.sender
-        )
+    def _try(
+        self,
+        job: ClaimedJob,
+        provider: ProviderConfig,
+        data: bytes,
+        recorder: OutcomeRecorder,
+        *,
+        attempt_no: int,
+    ) -> SendError | None:
+        """Send once through provider; record the attempt; return the error, or None if sent."""
         started = self._monotonic()
         try:
             with self._pools.get(provider).session() as smtp:
-                delivered = smtp.send(mail_from, job.recipient, data)
-        except PoolTimeout:
-            # Every session to this provider is busy: capacity, not failure, so nothing is charged.
-            self._wait_for_capacity(job, recorder, NO_PROVIDER_MIN_WAIT_SECONDS)
-            return
+                delivered = smtp.send(self._mail_from(job), job.recipient, data)
+        except PoolTimeout as busy:
+            # Every session to this provider is busy: capacity, not failure; nothing is recorded.
+            return busy
         except SendError as error:
-            duration_ms = int((self._monotonic() - started) * 1000)
+            if error.kind is FailureKind.PROVIDER_FAULT:
+                self._limits.record_failure(provider.name)
+            elif error.smtp_code is not None:
+                # It answered (a 4xx or a bounce): reachable and accepting us, so the breaker
+                # may close, and a half-open probe is not left hanging.
+                self._limits.record_success(provider.name)
             recorder.attempt(
                 job.job_id,
                 attempt_no,
@@ -156,11 +189,19 @@ class DeliveryService:
                 smtp_code=error.smtp_code,
                 enhanced=error.enhanced,
                 error=error.message[:1000],
-                duration_ms=duration_ms,
+                duration_ms=self._ms_since(started),
             )
-            self._handle_failure(job, provider, error, recorder)
-            return
-        duration_ms = int((self._monotonic() - started) * 1000)
+            logger.info(
+                "event=attempt_failed job_id=%d provider=%s kind=%s code=%s enhanced=%s attempt=%d",
+                job.job_id,
+                provider.name,
+                error.kind,
+                error.smtp_code,
+                error.enhanced,
+                attempt_no,
+            )
+            return error
+        duration_ms = self._ms_since(started)
         self._limits.record_success(provider.name)
         recorder.attempt(
             job.job_id,
@@ -170,7 +211,13 @@ class DeliveryService:
             smtp_code=delivered.smtp_code,
             duration_ms=duration_ms,
         )
-        recorder.sent(job.job_id, provider.name, delivered.queue_id, delivered.reply)
+        recorder.sent(
+            job.job_id,
+            provider.name,
+            delivered.queue_id,
+            delivered.reply,
+            charged=attempt_no - job.attempts,
+        )
         logger.info(
             "event=sent job_id=%d provider=%s queue_id=%s attempt=%d duration_ms=%d",
             job.job_id,
@@ -179,56 +226,51 @@ class DeliveryService:
             attempt_no,
             duration_ms,
         )
+        return None
 
-    def _handle_failure(
-        self, job: ClaimedJob, provider: ProviderConfig, error: SendError, recorder: OutcomeRecorder
+    def _after_failure(
+        self,
+        job: ClaimedJob,
+        provider: str,
+        error: SendError,
+        charged: int,
+        recorder: OutcomeRecorder,
     ) -> None:
-        reason = _reason(provider.name, error)
-        if error.kind is FailureKind.PROVIDER_FAULT:
-            self._limits.record_failure(provider.name)
-        if error.kind in (FailureKind.PERMANENT_RECIPIENT, FailureKind.BAD_DATA):
-            if error.kind is FailureKind.PERMANENT_RECIPIENT:
-                recorder.suppress(job.recipient, "hard_bounce", reason)
-            recorder.failed(job.job_id, provider.name, reason, charged=1)
-            logger.info(
-                "event=failed job_id=%d provider=%s kind=%s code=%s",
-                job.job_id,
-                provider.name,
-                error.kind,
-                error.smtp_code,
-            )
-            return
-        attempts_after = job.attempts + 1
-        if attempts_after >= self._settings.max_attempts:
-            recorder.failed(job.job_id, provider.name, f"max attempts reached; last: {reason}", 1)
-            logger.info(
-                "event=failed job_id=%d provider=%s kind=%s attempts=%d",
-                job.job_id,
-                provider.name,
-                error.kind,
-                attempts_after,
-            )
-            return
-        delay = retry.backoff_delay(
-            attempts_after,
-            base_seconds=self._settings.backoff_base_seconds,
-            cap_seconds=self._settings.backoff_cap_seconds,
-            jitter=0.2,
-            rng=self._rng,
+        decision = failure_policy.after_failure(
+            error, provider, job.attempts + charged, self._settings, self._rng
         )
-        tier = retry.pick_tier(delay)
+        if isinstance(decision, failure_policy.FailNow):
+            if decision.suppress:
+                recorder.suppress(job.recipient, "hard_bounce", decision.reason)
+            recorder.failed(job.job_id, provider, decision.reason, charged=charged)
+            logger.info(
+                "event=failed job_id=%d provider=%s reason=%r",
+                job.job_id,
+                provider,
+                decision.reason,
+            )
+            return
         recorder.retry(
-            job, error=reason, charged=1, tier_seconds=tier, failed_provider=provider.name
+            job,
+            error=decision.reason,
+            charged=charged,
+            tier_seconds=decision.tier_seconds,
+            failed_provider=provider,
         )
         logger.info(
-            "event=retry job_id=%d provider=%s kind=%s code=%s attempt=%d delay_s=%d",
+            "event=retry job_id=%d provider=%s delay_s=%d attempts=%d",
             job.job_id,
-            provider.name,
-            error.kind,
-            error.smtp_code,
-            attempts_after,
-            tier,
+            provider,
+            decision.tier_seconds,
+            job.attempts + charged,
         )
+
+    def _mail_from(self, job: ClaimedJob) -> str:
+        bounce = self._settings.bounce_address
+        return verp_sender(bounce, job.job_id) if bounce else job.sender
+
+    def _ms_since(self, started: float) -> int:
+        return int((self._monotonic() - started) * 1000)
 
     def _wait_for_capacity(self, job: ClaimedJob, recorder: OutcomeRecorder, wait: float) -> None:
         # No attempt is charged: the job did not fail, nobody could take it yet.
@@ -243,21 +285,29 @@ class DeliveryService:
         logger.info("event=wait job_id=%d delay_s=%d", job.job_id, tier)
 
     def _outgoing(self, job: ClaimedJob) -> OutgoingMessage:
+        """The message for a job; a batch job's parts are rendered here from its template."""
+        text, html = job.body or None, job.html
+        headers = tuple((name, value) for name, value in (job.headers or ()))
+        link = None
+        if job.category == "marketing":
+            link = self._unsubscribe.url(job.recipient, job.job_id)
+            headers += self._unsubscribe.headers(link)
+        if job.batch_id is not None:
+            variables = dict(job.template_vars or {})
+            if link is not None:
+                variables[UNSUBSCRIBE_VAR] = link
+            # A TemplateError is a ValueError: the job fails as bad data, it is not retried.
+            rendered = self._templates.get(job.batch_id).render(variables, ("text", "html"))
+            text, html = rendered.text, rendered.html
         return OutgoingMessage(
             from_addr=job.sender,
             from_name=job.sender_name,
             to_addr=job.recipient,
             to_name=job.recipient_name,
             subject=job.subject,
-            text=job.body or None,
-            html=job.html,
+            text=text,
+            html=html,
             message_id=job.message_id,
             date=self._clock(),
-            headers=tuple((name, value) for name, value in (job.headers or ())),
+            headers=headers,
         )
-
-
-def _reason(provider: str, error: SendError) -> str:
-    code = f"{error.smtp_code} " if error.smtp_code else ""
-    enhanced = f"{error.enhanced} " if error.enhanced else ""
-    return f"{error.kind}: {provider}: {code}{enhanced}{error.message}"[:1000]

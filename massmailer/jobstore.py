@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from massmailer.models import EmailAttempt, EmailJob, Status
@@ -39,6 +39,9 @@ class ClaimedJob:
     failed_provider: str | None
     dispatch_seq: int
     category: str
+    created_at: datetime | None = None  # when the API accepted it (accept-to-sent latency)
+    batch_id: int | None = None  # a batch job renders the batch's template at send time
+    template_vars: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def _held(token: str):
 
 
 def mark_sent(session: Session, token: str, rows: list[dict], now: datetime) -> None:
-    """rows: b_job_id, b_provider, b_queue_id, b_reply."""
+    """rows: b_job_id, b_provider, b_queue_id, b_reply, b_charged (tries, with failovers)."""
     if rows:
         stmt = (
             update(jobs)
@@ -94,7 +97,7 @@ def mark_sent(session: Session, token: str, rows: list[dict], now: datetime) -> 
                 provider=bindparam("b_provider"),
                 provider_queue_id=bindparam("b_queue_id"),
                 provider_reply=bindparam("b_reply"),
-                attempts=jobs.c.attempts + 1,
+                attempts=jobs.c.attempts + bindparam("b_charged"),
                 sent_at=now,
                 updated_at=now,
                 last_error=None,
@@ -250,3 +253,137 @@ def count_by_status(session: Session) -> dict[str, int]:
     for status, n in session.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)):
         counts[Status(status)] = n
     return {str(k): v for k, v in counts.items()}
+
+
+FINAL_STATUSES = (Status.SENT, Status.FAILED, Status.CANCELLED)
+
+
+def requeue_failed(
+    session: Session,
+    now: datetime,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    batch_id: int | None = None,
+    limit: int = 5000,
+) -> list[Dispatch]:
+    """Move up to limit FAILED jobs back to PENDING with attempts reset; return them to dispatch.
+
+    `since`/`until` bound when they failed (updated_at). The status guard makes a second run a
+    no-op: a moved job is PENDING, and its updated_at (now) lies past the `until` of the first run.
+    """
+    conditions = [jobs.c.status == Status.FAILED]
+    if since is not None:
+        conditions.append(jobs.c.updated_at >= since)
+    if until is not None:
+        conditions.append(jobs.c.updated_at < until)
+    if batch_id is not None:
+        batch_column = jobs.c.get("batch_id")
+        if batch_column is None:
+            raise ValueError("email_jobs has no batch_id column")
+        conditions.append(batch_column == batch_id)
+    picked = select(jobs.c.job_id).where(*conditions).order_by(jobs.c.job_id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        picked = picked.with_for_update(skip_locked=True)
+    stmt = (
+        update(jobs)
+        .where(jobs.c.job_id.in_(picked.scalar_subquery()), jobs.c.status == Status.FAILED)
+        .values(
+            status=Status.PENDING,
+            attempts=0,
+            last_error=None,
+            provider=None,
+            failed_provider=None,
+            next_attempt_at=None,
+            dispatch_seq=jobs.c.dispatch_seq + 1,
+            enqueued_at=None,
+            claim_token=None,
+            lease_until=None,
+            updated_at=now,
+        )
+        .returning(jobs.c.job_id, jobs.c.priority, jobs.c.dispatch_seq)
+    )
+    rows = session.execute(stmt).all()
+    session.commit()
+    return [Dispatch(*row) for row in rows]
+
+
+def purge_final(session: Session, before: datetime, limit: int = 5000) -> int:
+    """Delete up to limit final jobs last changed before `before`, with their attempts."""
+    picked = (
+        select(jobs.c.job_id)
+        .where(jobs.c.status.in_(FINAL_STATUSES), jobs.c.updated_at < before)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # Locked until the commit, so a concurrent requeue cannot revive a job being deleted.
+        picked = picked.with_for_update(skip_locked=True)
+    ids = list(session.scalars(picked))
+    if not ids:
+        session.rollback()
+        return 0
+    session.execute(attempts_table.delete().where(attempts_table.c.job_id.in_(ids)))
+    result = session.execute(
+        jobs.delete().where(jobs.c.job_id.in_(ids), jobs.c.status.in_(FINAL_STATUSES))
+    )
+    session.commit()
+    return result.rowcount
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    counts: dict[str, int]  # every status present
+    in_flight: int  # PENDING under a live claim: being sent right now
+    sent_last_minute: int
+    first_sent_at: datetime | None
+    last_sent_at: datetime | None
+
+
+def batch_stats(session: Session, batch_id: int, now: datetime) -> BatchStats:
+    """Count a batch's jobs by status in one pass, with what the send rate needs."""
+    live = and_(jobs.c.claim_token.is_not(None), jobs.c.lease_until >= now)
+    recent = jobs.c.sent_at >= now - timedelta(minutes=1)
+    stmt = (
+        select(
+            jobs.c.status,
+            func.count(),
+            func.sum(case((live, 1), else_=0)),
+            func.sum(case((recent, 1), else_=0)),
+            func.min(jobs.c.sent_at),
+            func.max(jobs.c.sent_at),
+        )
+        .where(jobs.c.batch_id == batch_id)
+        .group_by(jobs.c.status)
+    )
+    counts = {str(s): 0 for s in Status}
+    in_flight = sent_recent = 0
+    first = last = None
+    for status, n, n_live, n_recent, first_sent, last_sent in session.execute(stmt):
+        counts[status] = n
+        in_flight += n_live or 0
+        if status == Status.SENT:
+            sent_recent, first, last = n_recent or 0, first_sent, last_sent
+    return BatchStats(counts, in_flight, sent_recent, first, last)
+
+
+def cancel_batch(session: Session, batch_id: int, now: datetime) -> tuple[int, int]:
+    """Cancel the batch's PENDING jobs nobody holds; return (cancelled, in flight). No commit.
+
+    In flight are the jobs still PENDING after the guarded UPDATE: claimed under a live lease
+    when it ran. They may still be sent; nothing else of the batch will be.
+    """
+    result = session.execute(
+        update(jobs)
+        .where(
+            jobs.c.batch_id == batch_id,
+            jobs.c.status == Status.PENDING,
+            or_(jobs.c.claim_token.is_(None), jobs.c.lease_until < now),
+        )
+        .values(status=Status.CANCELLED, updated_at=now, last_error="cancelled")
+    )
+    in_flight = session.scalar(
+        select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.batch_id == batch_id, jobs.c.status == Status.PENDING)
+    )
+    return result.rowcount, in_flight or 0

@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from massmailer import jobstore, suppressions
 from massmailer.jobstore import Dispatch
+from massmailer.metrics import instruments
 
 FLUSH_EVERY_MESSAGES = 50
 FLUSH_EVERY_SECONDS = 1.0
@@ -39,18 +41,30 @@ class OutcomeRecorder:
         self._retry: list[dict] = []
         self._attempts: list[dict] = []
         self._suppress: list[tuple[str, str, str]] = []
+        self._accepted: dict[int, datetime | None] = {}  # sent job id -> its created_at
         self.retries: list[tuple[int, Dispatch]] = []  # (delay tier seconds, job), once flushed
         self.counts = {"sent": 0, "failed": 0, "retry": 0}
 
-    def sent(self, job_id: int, provider: str, queue_id: str | None, reply: str) -> None:
+    def sent(
+        self,
+        job_id: int,
+        provider: str,
+        queue_id: str | None,
+        reply: str,
+        *,
+        accepted_at: datetime | None = None,
+        charged: int = 1,
+    ) -> None:
         self._sent.append(
             {
                 "b_job_id": job_id,
                 "b_provider": provider,
                 "b_queue_id": queue_id,
                 "b_reply": reply[:512],
+                "b_charged": charged,
             }
         )
+        self._accepted[job_id] = accepted_at
         self.counts["sent"] += 1
 
     def failed(self, job_id: int, provider: str | None, error: str, charged: int) -> None:
@@ -122,7 +136,7 @@ class OutcomeRecorder:
             self.flush()
 
     def flush(self) -> None:
-        """Write everything buffered in one transaction."""
+        """Write everything buffered in one transaction, then count what was committed."""
         now = self._clock()
         jobstore.mark_sent(self._session, self._token, self._sent, now)
         jobstore.mark_failed(self._session, self._token, self._failed, now)
@@ -130,5 +144,29 @@ class OutcomeRecorder:
         jobstore.record_attempts(self._session, self._attempts)
         suppressions.add_many(self._session, self._suppress, now)
         self._session.commit()
+        self._count(now)
         self._sent, self._failed, self._retry, self._attempts, self._suppress = [], [], [], [], []
+        self._accepted = {}
         self._last_flush = self._monotonic()
+
+    def _count(self, now: datetime) -> None:
+        # After the commit: a flush that failed counts nothing, so metrics never run ahead of
+        # the database.
+        instruments.count_attempts(self._attempts)
+        instruments.count_final("SENT", (r["b_provider"] for r in self._sent))
+        instruments.count_final("FAILED", (r["b_provider"] for r in self._failed))
+        instruments.count_retries(r["b_charged"] for r in self._retry)
+        accepted = self._accepted_times()
+        instruments.observe_accept_to_sent((now - at).total_seconds() for at in accepted)
+
+    def _accepted_times(self) -> list[datetime]:
+        known = [at for at in self._accepted.values() if at is not None]
+        missing = [job_id for job_id, at in self._accepted.items() if at is None]
+        if missing:
+            # Only when the caller did not pass accepted_at: one indexed lookup per flush.
+            rows = self._session.execute(
+                select(jobstore.jobs.c.created_at).where(jobstore.jobs.c.job_id.in_(missing))
+            )
+            known.extend(rows.scalars())
+            self._session.rollback()
+        return known

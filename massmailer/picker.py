@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from massmailer.limits.interface import Limits
@@ -38,23 +38,32 @@ class ProviderPicker:
         self._rng = rng
         self._sleep = sleep
 
-    def pick(self, avoid: str | None) -> ProviderConfig | NoProvider:
-        """Return a provider whose breaker admits a send and whose rate token is taken."""
+    def pick(
+        self, avoid: Collection[str] = (), *, strict: bool = False
+    ) -> ProviderConfig | NoProvider:
+        """Return a provider whose breaker admits a send and whose rate token is taken.
+
+        `avoid` is a preference (used when nobody else can take the job) unless `strict`, which
+        an immediate failover within one job uses so the provider that just failed is not retried.
+        """
         shortest_wait = [float("inf")]
 
         def admits(name: str) -> bool:
             provider = self._by_name(name)
-            if not self._limits.allow_request(name):
-                return False
+            # Rate first: a refused rate token costs little, while a half-open breaker's probe
+            # taken and then not used would block the provider until the probe times out.
             wait = self._limits.try_acquire_rate(provider)
             if 0 < wait <= MAX_PACING_SECONDS:
                 self._sleep(wait)
                 wait = self._limits.try_acquire_rate(provider)
             shortest_wait[0] = min(shortest_wait[0], wait)
-            return wait == 0
+            return wait == 0 and self._limits.allow_request(name)
 
-        exclude = {avoid} if avoid else set()
-        chosen = choose_provider(self._providers, exclude=exclude, available=admits, rng=self._rng)
+        candidates = (
+            [p for p in self._providers if p.name not in avoid] if strict else self._providers
+        )
+        exclude = () if strict else set(avoid)
+        chosen = choose_provider(candidates, exclude=exclude, available=admits, rng=self._rng)
         if chosen is not None:
             return chosen
         wait = shortest_wait[0]

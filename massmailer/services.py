@@ -53,10 +53,15 @@ def build_services(
 
 def make_limits(settings: Settings) -> Limits:
     """Limits shared by the fleet through Redis, or in-process for the embedded demo."""
+    breaker = {
+        "failure_threshold": settings.breaker_failure_threshold,
+        "window_seconds": settings.breaker_window_seconds,
+        "cooldown_seconds": settings.breaker_cooldown_seconds,
+    }
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
-        return RedisLimits(client, prefix=settings.redis_key_prefix)
-    return MemoryLimits()
+        return RedisLimits(client, prefix=settings.redis_key_prefix, **breaker)
+    return MemoryLimits(**breaker)
 
 
 def forget_all() -> None:

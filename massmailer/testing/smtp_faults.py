@@ -9,9 +9,10 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
@@ -85,6 +86,8 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     connection_id: int
+    # When the message was accepted (time.monotonic()), so tests can measure a provider's rate.
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
     def message(self) -> EmailMessage:
         """Parse the data, for assertions on headers and body."""
