@@ -20,6 +20,18 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class OpsSettings:
+    """Operations: the admin dashboard's credentials and the metrics endpoints."""
+
+    admin_user: str = "admin"
+    admin_password: str | None = field(default=None, repr=False)  # unset: dashboard refused
+    metrics_token: str | None = field(default=None, repr=False)  # unset: /metrics is open
+    metrics_multiproc_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, read by prometheus_client
+    worker_metrics_port: int | None = None  # unset: workers start no metrics exporter
+    worker_metrics_addr: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     broker_url: str | None
@@ -40,6 +52,14 @@ class Settings:
     sweep_interval_seconds: float = 30.0
     max_body_bytes: int = 1_000_000
     redis_key_prefix: str = "mm:"
+    breaker_failure_threshold: int = 5
+    breaker_window_seconds: float = 30.0
+    breaker_cooldown_seconds: float = 15.0
+    ops: OpsSettings = field(default_factory=OpsSettings)
+    unsubscribe_mailto: str | None = None  # a List-Unsubscribe mailto: address, if any
+    idempotency_ttl_seconds: int = 86_400
+    max_batch_recipients: int = 10_000
+    max_batch_bytes: int = 20_000_000  # the largest POST /v1/batches body
 
     def __repr__(self) -> str:
         return f"Settings(providers={[p.name for p in self.providers]})"
@@ -95,12 +115,37 @@ def load_settings(environ: Mapping[str, str], *, require_services: bool = True) 
         sweep_interval_seconds=_float(environ, "MASSMAILER_SWEEP_INTERVAL_SECONDS", 30.0),
         max_body_bytes=_int(environ, "MASSMAILER_MAX_BODY_BYTES", 1_000_000, minimum=1),
         redis_key_prefix=environ.get("MASSMAILER_REDIS_PREFIX", "mm:"),
+        breaker_failure_threshold=_int(environ, "MASSMAILER_BREAKER_FAILURES", 5, minimum=1),
+        breaker_window_seconds=_float(environ, "MASSMAILER_BREAKER_WINDOW_SECONDS", 30.0),
+        breaker_cooldown_seconds=_float(environ, "MASSMAILER_BREAKER_COOLDOWN_SECONDS", 15.0),
+        ops=load_ops_settings(environ),
+        unsubscribe_mailto=_address(environ, "MASSMAILER_UNSUBSCRIBE_MAILTO", bare=True),
+        idempotency_ttl_seconds=_int(
+            environ, "MASSMAILER_IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=60
+        ),
+        max_batch_recipients=_int(environ, "MASSMAILER_MAX_BATCH_RECIPIENTS", 10_000, minimum=1),
+        max_batch_bytes=_int(environ, "MASSMAILER_MAX_BATCH_BYTES", 20_000_000, minimum=1024),
     )
 
 
 def settings_from_environment(*, require_services: bool = True) -> Settings:
     """Read this process's environment (the only place that does)."""
     return load_settings(os.environ, require_services=require_services)
+
+
+def load_ops_settings(environ: Mapping[str, str]) -> OpsSettings:
+    """Read the dashboard credentials and the metrics settings."""
+    port = _int(environ, "MASSMAILER_WORKER_METRICS_PORT", 0, minimum=0)
+    if port > 65535:
+        raise ConfigError(f"MASSMAILER_WORKER_METRICS_PORT must be a port number, got {port}")
+    return OpsSettings(
+        admin_user=environ.get("MASSMAILER_ADMIN_USER") or "admin",
+        admin_password=environ.get("MASSMAILER_ADMIN_PASSWORD") or None,
+        metrics_token=environ.get("MASSMAILER_METRICS_TOKEN") or None,
+        metrics_multiproc_dir=environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        worker_metrics_port=port or None,
+        worker_metrics_addr=environ.get("MASSMAILER_WORKER_METRICS_ADDR") or "0.0.0.0",
+    )
 
 
 def flower_settings() -> tuple[int, str]:
