@@ -257,3 +257,20 @@ def test_two_worker_processes_together_keep_a_providers_rate_limit(client, auth,
     for start in times:
         in_window = sum(1 for t in times if start <= t < start + 2)
         assert in_window <= rate * 2 + rate / 10 + 1
+
+
+def test_a_job_that_keeps_failing_transiently_ends_failed_after_max_attempts(
+    client, auth, env, smtp_server
+):
+    smtp_server.set_rules([Rule("RCPT", 451, "4.2.0 mailbox busy")])
+    env = {**env, "MASSMAILER_MAX_ATTEMPTS": "2"}
+    [job_id] = post_many(client, auth, 1, prefix="busy")
+
+    with infra.running_worker(env):
+        wait_final([job_id], 40)
+
+    job = db.session.get(EmailJob, job_id)
+    assert (job.status, job.attempts) == ("FAILED", 2)
+    assert job.last_error.startswith("max attempts reached; last: transient: primary: 451 4.2.0")
+    assert [a.outcome for a in attempts_of([job_id])] == ["transient", "transient"]
+    assert smtp_server.message_count == 0
