@@ -44,19 +44,28 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def smtp_sink():
+def smtp_sink(latency_ms: int = 0):
+    """A local SMTP server: smtp-sink (C, fast) unless a reply latency is asked for."""
     port = free_port()
-    if shutil.which("smtp-sink"):
+    if shutil.which("smtp-sink") and not latency_ms:
         # -u: drop to nobody when run as root; backlog 256.
         proc = subprocess.Popen(["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "256"])
         name = "smtp-sink (C)"
     else:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "massmailer.testing.smtp_server", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "massmailer.testing.smtp_server",
+                "--port",
+                str(port),
+                "--latency-ms",
+                str(latency_ms),
+            ],
             stdout=subprocess.PIPE,
         )
         proc.stdout.readline()
-        name = "FaultSMTPServer (Python)"
+        name = f"FaultSMTPServer (Python), {latency_ms} ms per reply"
     infra.wait_until(lambda: _accepts(port), 10, message="the SMTP sink to listen")
     try:
         yield port, name
@@ -137,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-sizes", default="1,200")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads"])
+    parser.add_argument(
+        "--data-delay",
+        type=int,
+        default=0,
+        help="seconds the sink waits before answering DATA (provider latency)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a small run for CI")
     args = parser.parse_args(argv)
     count = 300 if args.smoke else args.count
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"mmbench:{run}:"
     results = []
     try:
-        with smtp_sink() as (port, sink_name):
+        with smtp_sink(args.latency_ms) as (port, sink_name):
             providers = [{"name": "sink", "host": "127.0.0.1", "port": port, "max_connections": 64}]
             env = infra.service_env(
                 database_url=database_url,
