@@ -1,11 +1,61 @@
-"""Structured key=value log lines on stderr."""
+"""Structured key=value log lines on stderr, each stamped with the running task's id.
+
+Celery's task_prerun/task_postrun signals (connected in massmailer.worker) set and clear the task
+id in a context variable; a handler filter copies it onto every record, so every line a task logs
+(delivery's event=sent lines included) carries task_id without each call site passing it.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from contextvars import ContextVar
 
-FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s%(context)s"
+
+_task_id: ContextVar[str | None] = ContextVar("massmailer_task_id", default=None)
+
+# scheme://user:password@host -> scheme://user:***@host: a URL with credentials never reaches a log.
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
+
+
+def bind_task(task_id: str | None, **_: object) -> None:
+    """Stamp the lines logged from now on in this context with task_id (task_prerun)."""
+    _task_id.set(task_id)
+
+
+def unbind_task(**_: object) -> None:
+    """Stop stamping lines with a task id (task_postrun)."""
+    _task_id.set(None)
+
+
+def current_task_id() -> str | None:
+    """The id of the task this context is running, if any."""
+    return _task_id.get()
+
+
+class ContextFilter(logging.Filter):
+    """Add `context` (" task_id=…" inside a task, else "") to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task_id = _task_id.get()
+        record.context = f" task_id={task_id}" if task_id else ""
+        return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Format key=value lines with any URL credentials masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "context"):
+            record.context = ""
+        return redact(super().format(record))
+
+
+def redact(text: str) -> str:
+    """Mask the password of every scheme://user:password@host in text."""
+    return _URL_CREDENTIALS.sub(r"\1:***@", text)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -14,6 +64,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     if root.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(RedactingFormatter(FORMAT))
     root.addHandler(handler)
     root.setLevel(level)

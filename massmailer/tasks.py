@@ -25,7 +25,8 @@ def current_services() -> Services:
 def send_chunk(self, job_ids: list[int]) -> dict:
     """Deliver a chunk of job ids, then publish its retries to their delay tiers."""
     if not isinstance(job_ids, list) or not all(type(i) is int for i in job_ids):
-        logger.error("event=bad_task_args task_id=%s args=%r", self.request.id, job_ids)
+        # task_id is added to every line by massmailer.logs (set on task_prerun).
+        logger.error("event=bad_task_args args=%r", job_ids)
         return {"error": "job_ids must be a list of integers"}
     services = current_services()
     budget = services.settings.send_budget_seconds
@@ -39,8 +40,7 @@ def send_chunk(self, job_ids: list[int]) -> dict:
     if report.released:
         dispatch.dispatch(db.session, services.publisher, report.released, chunk_size=chunk_size)
     logger.info(
-        "event=chunk_done task_id=%s jobs=%d claimed=%d sent=%d failed=%d retries=%d",
-        self.request.id,
+        "event=chunk_done jobs=%d claimed=%d sent=%d failed=%d retries=%d",
         len(job_ids),
         report.claimed,
         report.sent,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from celery import Celery, Task
-from celery.signals import worker_init
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
 from flask import Flask
 
+from massmailer import logs
+from massmailer.config import OpsSettings
 from massmailer.queues import declare_topology
 
 logger = logging.getLogger(__name__)
@@ -37,4 +39,38 @@ def celery_init_app(app: Flask) -> Celery:
         logger.info("event=topology_declared")
 
     worker_init.connect(declare_on_start, weak=False)
+    _connect_ops_hooks(settings.ops)
     return celery_app
+
+
+def _connect_ops_hooks(ops: OpsSettings) -> None:
+    # One receiver each however many apps a process builds (tests build many).
+    task_prerun.connect(logs.bind_task, weak=False, dispatch_uid="massmailer.bind_task")
+    task_postrun.connect(logs.unbind_task, weak=False, dispatch_uid="massmailer.unbind_task")
+
+    def start_metrics_exporter(sender: object = None, **_: object) -> None:
+        if ops.worker_metrics_port:
+            from massmailer.metrics.exporter import start_exporter
+
+            start_exporter(
+                ops.worker_metrics_addr,
+                ops.worker_metrics_port,
+                ops.metrics_multiproc_dir,
+                ops.metrics_token,
+            )
+            logger.info(
+                "event=metrics_exporter_started addr=%s port=%d multiprocess=%s",
+                ops.worker_metrics_addr,
+                ops.worker_metrics_port,
+                bool(ops.metrics_multiproc_dir),
+            )
+
+    def forget_dead_child(pid: int | None = None, **_: object) -> None:
+        # Drop the child's live gauges; its counters stay in the merged totals.
+        if ops.metrics_multiproc_dir and pid:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, ops.metrics_multiproc_dir)
+
+    worker_init.connect(start_metrics_exporter, weak=False)
+    worker_process_shutdown.connect(forget_dead_child, weak=False)

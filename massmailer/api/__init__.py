@@ -1,10 +1,10 @@
-"""HTTP API: /v1 (API key required), health checks."""
+"""HTTP API: /v1 (API key required), health checks, /metrics and the operator dashboard."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from massmailer.api import emails, health
+from massmailer.api import dashboard, emails, health, metrics
 from massmailer.api.auth import require_api_key
 from massmailer.api.errors import register_error_handlers
 
@@ -16,4 +16,6 @@ def register_api(app: Flask) -> None:
     v1.register_blueprint(emails.bp)
     app.register_blueprint(v1)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(dashboard.bp)
     register_error_handlers(app)
