@@ -42,4 +42,8 @@ def _engine_options(url: str) -> dict:
     if url.startswith("postgresql"):
         # Batch the per-row outcome UPDATEs of a chunk into few round trips.
         return {"pool_pre_ping": True, "executemany_mode": "values_plus_batch"}
+    if url.startswith("sqlite"):
+        # The demo writes from several threads; SQLite has one writer at a time, so the others
+        # wait for it (5 s by default, short on a busy 2-core machine) rather than fail.
+        return {"connect_args": {"timeout": 30}}
     return {}
