@@ -100,12 +100,18 @@ def app(settings, broker_url, redis_prefix):
         _clean(broker_url, redis_prefix)
         yield app
         db.session.remove()
+        # Each test's app has its own engine; close its pool now rather than whenever the app
+        # is garbage-collected, or a long run exhausts PostgreSQL's max_connections.
+        db.engine.dispose()
     services.forget_all()
 
 
 def _clean(broker_url: str, redis_prefix: str) -> None:
     db.session.execute(
-        text("TRUNCATE email_attempts, email_jobs, api_keys, suppressions RESTART IDENTITY CASCADE")
+        text(
+            "TRUNCATE email_attempts, email_jobs, batches, idempotency_keys, api_keys,"
+            " suppressions RESTART IDENTITY CASCADE"
+        )
     )
     db.session.commit()
     infra.purge_queues(broker_url, [q.name for q in ALL_QUEUES])

@@ -54,6 +54,10 @@ class EmailJob(db.Model):
     )
     message_id: Mapped[str] = mapped_column(String(255), unique=True)  # stable across retries
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    # A batch job's subject is rendered at intake; body is "" and html NULL because the parts
+    # are rendered when it is sent from the batch's template and these variables.
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    template_vars: Mapped[dict | None] = mapped_column(JSON)
 
     # Scheduling, retry and the claim that keeps two workers from sending one job.
     send_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
