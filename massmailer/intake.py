@@ -22,6 +22,16 @@ def accept(
     settings: Settings,
 ) -> EmailJob:
     """Store one job (committed before anything is published) and publish it unless scheduled."""
+    job = store(session, request, api_key_id=api_key_id, settings=settings)
+    session.commit()
+    publish(session, publisher, job)
+    return job
+
+
+def store(
+    session: Session, request: EmailRequest, *, api_key_id: int | None, settings: Settings
+) -> EmailJob:
+    """Add the job to the session's transaction and flush it for its id; the caller commits."""
     now = utcnow()
     job = EmailJob(
         recipient=request.to_addr,
@@ -43,7 +53,11 @@ def accept(
         updated_at=now,
     )
     session.add(job)
-    session.commit()
-    if job.send_at is None or job.send_at <= now:
-        dispatch.dispatch(session, publisher, [Dispatch(job.job_id, job.priority, 0)], chunk_size=1)
+    session.flush()
     return job
+
+
+def publish(session: Session, publisher: dispatch.Publisher, job: EmailJob) -> None:
+    """Publish a committed job unless it is scheduled later (the sweeper releases it then)."""
+    if job.send_at is None or job.send_at <= utcnow():
+        dispatch.dispatch(session, publisher, [Dispatch(job.job_id, job.priority, 0)], chunk_size=1)

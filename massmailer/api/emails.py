@@ -9,6 +9,7 @@ from massmailer import intake, jobstore
 from massmailer.api.errors import error_response
 from massmailer.api.serialize import job_json
 from massmailer.extensions import db
+from massmailer.idempotency import Idempotency, StoredResponse, fingerprint, parse_key
 from massmailer.models import EmailAttempt, EmailJob
 from massmailer.models.types import utcnow
 from massmailer.validation import ValidationError, parse_email_request
@@ -26,15 +27,44 @@ def json_body() -> object:
     return payload
 
 
+def idempotency_for(payload: object, settings) -> Idempotency:
+    """The request's Idempotency-Key guard, scoped to the caller's API key."""
+    return Idempotency(
+        db.session,
+        g.api_key.id,
+        parse_key(request.headers),
+        fingerprint(request.method, request.path, payload),
+        settings.idempotency_ttl_seconds,
+    )
+
+
+def respond(stored: StoredResponse):
+    """Answer a stored response; a replay of an earlier request says so in a header."""
+    if stored.replayed:
+        return stored.body, stored.status, {"Idempotent-Replayed": "true"}
+    return stored.body, stored.status
+
+
 @bp.post("/emails")
 def create_email():
     settings = current_app.extensions["massmailer.settings"]
+    payload = json_body()
+    guard = idempotency_for(payload, settings)
+    earlier = guard.earlier()
+    if earlier is not None:
+        return respond(earlier)
     email = parse_email_request(
-        json_body(), default_from=settings.default_from, max_body_bytes=settings.max_body_bytes
+        payload, default_from=settings.default_from, max_body_bytes=settings.max_body_bytes
     )
-    publisher = current_app.extensions["massmailer.publisher"]
-    job = intake.accept(db.session, publisher, email, api_key_id=g.api_key.id, settings=settings)
-    return {"id": job.job_id, "status": job.status}, 202
+
+    def create():
+        job = intake.store(db.session, email, api_key_id=g.api_key.id, settings=settings)
+        return 202, {"id": job.job_id, "status": job.status}, job
+
+    response, job = guard.run(create)
+    if job is not None:
+        intake.publish(db.session, current_app.extensions["massmailer.publisher"], job)
+    return respond(response)
 
 
 def _own_job(job_id: int) -> EmailJob | None:

@@ -1,0 +1,61 @@
+"""POST /v1/batches, GET /v1/batches/<id>, POST /v1/batches/<id>/cancel."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, request
+
+from massmailer import batches
+from massmailer.api.emails import idempotency_for, json_body, respond
+from massmailer.api.errors import error_response
+from massmailer.extensions import db
+from massmailer.models.types import utcnow
+
+bp = Blueprint("batches", __name__)
+
+
+@bp.post("/batches")
+def create_batch():
+    settings = current_app.extensions["massmailer.settings"]
+    # A batch body is far larger than a single email's; allow it on this route only.
+    request.max_content_length = settings.max_batch_bytes
+    payload = json_body()
+    guard = idempotency_for(payload, settings)
+    earlier = guard.earlier()
+    if earlier is not None:
+        return respond(earlier)
+    batch = batches.parse_batch_request(
+        payload,
+        default_from=settings.default_from,
+        max_body_bytes=settings.max_body_bytes,
+        max_recipients=settings.max_batch_recipients,
+    )
+    screened = batches.screen(db.session, batch, settings=settings)
+
+    def create():
+        stored = batches.store(
+            db.session, batch, screened, api_key_id=g.api_key.id, settings=settings
+        )
+        return 202, stored.response(), stored
+
+    response, stored = guard.run(create)
+    if stored is not None:
+        publisher = current_app.extensions["massmailer.publisher"]
+        batches.publish(db.session, publisher, stored, chunk_size=settings.chunk_size)
+        batches.refresh_statistics(db.session, stored)
+    return respond(response)
+
+
+@bp.get("/batches/<int:batch_id>")
+def get_batch(batch_id: int):
+    batch = batches.own_batch(db.session, batch_id, g.api_key.id)
+    if batch is None:
+        return error_response(404, f"no batch with id {batch_id}", "id")
+    return batches.progress(db.session, batch, utcnow())
+
+
+@bp.post("/batches/<int:batch_id>/cancel")
+def cancel_batch(batch_id: int):
+    batch = batches.own_batch(db.session, batch_id, g.api_key.id)
+    if batch is None:
+        return error_response(404, f"no batch with id {batch_id}", "id")
+    return batches.cancel(db.session, batch, utcnow())
