@@ -147,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--pool", default="prefork", choices=["prefork", "threads"])
     parser.add_argument(
-        "--data-delay",
+        "--latency-ms",
         type=int,
         default=0,
-        help="seconds the sink waits before answering DATA (provider latency)",
+        help="delay each SMTP reply this long, like a distant provider",
     )
     parser.add_argument("--smoke", action="store_true", help="a small run for CI")
     args = parser.parse_args(argv)
