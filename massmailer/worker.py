@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery, Task
 from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
@@ -49,6 +50,9 @@ def _connect_ops_hooks(ops: OpsSettings) -> None:
     task_postrun.connect(logs.unbind_task, weak=False, dispatch_uid="massmailer.unbind_task")
 
     def start_metrics_exporter(sender: object = None, **_: object) -> None:
+        if ops.metrics_multiproc_dir:
+            # Before the pool forks: children write their counters there from the first send.
+            os.makedirs(ops.metrics_multiproc_dir, exist_ok=True)
         if ops.worker_metrics_port:
             from massmailer.metrics.exporter import start_exporter
 

@@ -179,6 +179,19 @@ def test_metrics_need_the_token_when_one_is_set(env):
         db.engine.dispose()
 
 
+def test_with_a_multiprocess_dir_the_web_serves_the_merged_files_and_the_state(env, tmp_path):
+    multiproc = tmp_path / "web-prometheus"  # not there yet: created on the first scrape
+    app = create_app(load_settings({**env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}))
+
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    with app.app_context():
+        db.engine.dispose()
+
+    assert multiproc.is_dir()
+    assert "python_gc_objects_collected_total" not in text  # not this process's own registry
+    assert sample(text, "massmailer_state_source_up", source="postgresql") == 1
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_worker_host_exposes_counts_of_its_real_sends(client, auth, env, smtp_server, tmp_path):

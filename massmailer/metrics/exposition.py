@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import os
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
@@ -23,6 +24,7 @@ def host_registry(multiproc_dir: str | None, *extra: Collector) -> CollectorRegi
     """The host's counters (merged over its processes when multiproc_dir is set), plus extra."""
     registry = CollectorRegistry(auto_describe=False)
     if multiproc_dir:
+        os.makedirs(multiproc_dir, exist_ok=True)  # no process has counted anything yet
         multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
     else:
         registry.register(_ProcessCollector())
