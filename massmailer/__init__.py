@@ -40,8 +40,15 @@ def create_app(settings: Settings | None = None, *, publisher: object | None = N
 
 def _engine_options(url: str) -> dict:
     if url.startswith("postgresql"):
-        # Batch the per-row outcome UPDATEs of a chunk into few round trips.
-        return {"pool_pre_ping": True, "executemany_mode": "values_plus_batch"}
+        # Batch the per-row outcome UPDATEs of a chunk into few round trips. A threads-pool
+        # worker runs dozens of chunks at once, each holding a connection only while it writes:
+        # a pool of 10 plus 40 overflow keeps them from queueing on the pool.
+        return {
+            "pool_pre_ping": True,
+            "executemany_mode": "values_plus_batch",
+            "pool_size": 10,
+            "max_overflow": 40,
+        }
     if url.startswith("sqlite"):
         # The demo writes from several threads; SQLite has one writer at a time, so the others
         # wait for it (5 s by default, short on a busy 2-core machine) rather than fail.

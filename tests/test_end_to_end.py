@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from email import message_from_bytes, policy
 
 import pytest
@@ -9,7 +10,9 @@ from sqlalchemy import select
 
 from massmailer.extensions import db
 from massmailer.models import EmailAttempt, EmailJob
+from massmailer.testing.smtp_server import FaultSMTPServer
 from tests import infra
+from tests.conftest import provider_entry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -103,3 +106,16 @@ def test_a_chunk_delivered_twice_is_sent_once(client, auth, env, smtp_server, ap
 
     received = sorted(m.rcpt_tos[0] for m in smtp_server.messages)
     assert received == sorted(f"dup{i}@example.com" for i in range(10))
+
+
+def test_the_threads_pool_sends_chunks_concurrently_over_several_sessions(client, auth, env):
+    # The Procfile's default pool: SMTP is I/O-bound, so threads overlap the providers' latency.
+    with FaultSMTPServer(latency_seconds=0.02) as slow:
+        env = {**env, "MASSMAILER_PROVIDERS": json.dumps([provider_entry("slow", slow)])}
+        job_ids = [post(client, auth, to=f"t{i}@example.com") for i in range(40)]
+
+        with infra.running_worker(env, pool="threads", concurrency=8):
+            wait_for_status(job_ids, timeout=60)
+
+        assert slow.message_count == 40
+        assert slow.connections > 1, "several sessions were open at once"
