@@ -217,6 +217,7 @@ class DeliveryService:
             delivered.queue_id,
             delivered.reply,
             charged=attempt_no - job.attempts,
+            accepted_at=job.created_at,
         )
         logger.info(
             "event=sent job_id=%d provider=%s queue_id=%s attempt=%d duration_ms=%d",
