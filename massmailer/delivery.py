@@ -192,10 +192,10 @@ class DeliveryService:
                 duration_ms=self._ms_since(started),
             )
             logger.info(
-                "event=attempt_failed job_id=%d provider=%s kind=%s code=%s enhanced=%s attempt=%d",
+                "event=attempt outcome=%s job_id=%d provider=%s code=%s enhanced=%s attempt=%d",
+                error.kind,
                 job.job_id,
                 provider.name,
-                error.kind,
                 error.smtp_code,
                 error.enhanced,
                 attempt_no,
@@ -220,7 +220,7 @@ class DeliveryService:
             accepted_at=job.created_at,
         )
         logger.info(
-            "event=sent job_id=%d provider=%s queue_id=%s attempt=%d duration_ms=%d",
+            "event=sent outcome=sent job_id=%d provider=%s queue_id=%s attempt=%d duration_ms=%d",
             job.job_id,
             provider.name,
             delivered.queue_id,
@@ -245,7 +245,7 @@ class DeliveryService:
                 recorder.suppress(job.recipient, "hard_bounce", decision.reason)
             recorder.failed(job.job_id, provider, decision.reason, charged=charged)
             logger.info(
-                "event=failed job_id=%d provider=%s reason=%r",
+                "event=failed outcome=failed job_id=%d provider=%s reason=%r",
                 job.job_id,
                 provider,
                 decision.reason,
@@ -259,7 +259,7 @@ class DeliveryService:
             failed_provider=provider,
         )
         logger.info(
-            "event=retry job_id=%d provider=%s delay_s=%d attempts=%d",
+            "event=retry outcome=retry job_id=%d provider=%s delay_s=%d attempts=%d",
             job.job_id,
             provider,
             decision.tier_seconds,
@@ -283,7 +283,7 @@ class DeliveryService:
             tier_seconds=tier,
             failed_provider=job.failed_provider,
         )
-        logger.info("event=wait job_id=%d delay_s=%d", job.job_id, tier)
+        logger.info("event=wait outcome=wait job_id=%d delay_s=%d", job.job_id, tier)
 
     def _outgoing(self, job: ClaimedJob) -> OutgoingMessage:
         """The message for a job; a batch job's parts are rendered here from its template."""
