@@ -41,7 +41,7 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         type=_share,
         default=0.2,
         metavar="SHARE",
-        help="share of messages the flaky provider answers with 451, 0 to 1 (default 0.2)",
+        help="share of messages the flaky local provider answers with 451, 0 to 1 (default 0.2)",
     )
     parser.add_argument(
         "--high-share",

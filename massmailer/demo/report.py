@@ -15,8 +15,8 @@ def render_text(summary: Summary) -> str:
         f"messages      {s.messages} accepted through POST /v1/emails",
         "status        " + "  ".join(f"{k} {v}" for k, v in s.status.items()),
         "sent by       " + _per_provider(s),
-        f"retried       {s.retried_jobs} jobs met a temporary failure; "
-        f"{s.retried_then_sent} of them were then sent",
+        f"retried       {s.retried_jobs} jobs met a temporary failure; {s.retried_then_sent} "
+        "of them were sent after waiting in a delay tier",
         "failed        " + (_counts(s.failed_by_kind) or "none") + f"  (suppressed {s.suppressed})",
         "attempts      "
         + "; ".join(f"{p}: {_counts(o)}" for p, o in s.attempts_by_provider.items()),
@@ -29,8 +29,8 @@ def render_text(summary: Summary) -> str:
     lines += [
         f"first pass    every message tried once within {s.first_pass_seconds:.1f}s "
         f"({_rate(s.messages, s.first_pass_seconds)} msg/s)",
-        f"rate          {s.rate_per_second:.0f} msg/s sent over {s.elapsed_seconds:.1f}s, "
-        "including the wait for retries",
+        f"rate          {s.rate_per_second:.0f} msg/s: {s.status['SENT']} sent in "
+        f"{s.elapsed_seconds:.1f}s from the first POST to the last message out",
         f"database      {s.database}"
         + ("" if s.database_kept else " (removed at exit; keep it with --db PATH)"),
     ]
