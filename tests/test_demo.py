@@ -74,7 +74,8 @@ def runs(tmp_path_factory):
         rules=[Rule("RCPT", 550, match="nobody"), Rule("DATA", 451, probability=0.3)], seed=7
     )
     with steady, flaky:
-        own = start_demo(root / "own", "--count", "400")
+        # Two senders, so that intake (~400/s here) surely outruns delivery and a backlog builds.
+        own = start_demo(root / "own", "--count", "400", "--workers", "2")
         kept = root / "kept.sqlite3"
         ours = start_demo(
             root / "ours",
