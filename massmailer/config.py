@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from massmailer.providers.base import ProviderConfig, TlsMode
+from massmailer.retry import DELAY_TIERS_SECONDS
 from massmailer.validation import ValidationError, parse_address
 
 
@@ -52,6 +53,9 @@ class Settings:
     sweep_interval_seconds: float = 30.0
     max_body_bytes: int = 1_000_000
     redis_key_prefix: str = "mm:"
+    # The delay tiers retries wait in. Production's are fixed (RabbitMQ declares a queue for each,
+    # massmailer.queues); only the embedded demo, whose job table is its queue, shortens them.
+    retry_tiers_seconds: tuple[int, ...] = DELAY_TIERS_SECONDS
     breaker_failure_threshold: int = 5
     breaker_window_seconds: float = 30.0
     breaker_cooldown_seconds: float = 15.0

@@ -114,7 +114,9 @@ class DeliveryService:
         if job.attempts + 1 >= self._settings.max_attempts:
             recorder.failed(job.job_id, None, reason, charged=1)
         else:
-            tier = retry.pick_tier(self._settings.backoff_base_seconds)
+            tier = retry.pick_tier(
+                self._settings.backoff_base_seconds, self._settings.retry_tiers_seconds
+            )
             recorder.retry(
                 job, error=reason, charged=1, tier_seconds=tier, failed_provider=job.failed_provider
             )
@@ -275,7 +277,9 @@ class DeliveryService:
 
     def _wait_for_capacity(self, job: ClaimedJob, recorder: OutcomeRecorder, wait: float) -> None:
         # No attempt is charged: the job did not fail, nobody could take it yet.
-        tier = retry.pick_tier(max(wait, NO_PROVIDER_MIN_WAIT_SECONDS))
+        tier = retry.pick_tier(
+            max(wait, NO_PROVIDER_MIN_WAIT_SECONDS), self._settings.retry_tiers_seconds
+        )
         recorder.retry(
             job,
             error="waiting: no provider available",

@@ -40,7 +40,7 @@ def after_failure(
         jitter=0.2,
         rng=rng,
     )
-    return RetryLater(reason, retry.pick_tier(delay))
+    return RetryLater(reason, retry.pick_tier(delay, settings.retry_tiers_seconds))
 
 
 def describe(provider: str, error: SendError) -> str:

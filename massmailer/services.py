@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 
 import redis
+from sqlalchemy.orm import Session
 
+from massmailer import dispatch
 from massmailer.config import Settings
-from massmailer.delivery import DeliveryService
+from massmailer.delivery import ChunkReport, DeliveryService
 from massmailer.dispatch import Publisher
 from massmailer.limits import MemoryLimits, RedisLimits
 from massmailer.limits.interface import Limits
@@ -23,6 +27,25 @@ class Services:
     pools: PoolRegistry
     delivery: DeliveryService
     publisher: Publisher
+
+
+def deliver_chunk(
+    session: Session, services: Services, job_ids: Sequence[int], budget_seconds: float
+) -> ChunkReport:
+    """Deliver a chunk, then publish its retries to their delay tiers and its released jobs now.
+
+    What a send task does, and what the embedded demo's worker threads do too.
+    """
+    report = services.delivery.deliver(session, job_ids, budget_seconds=budget_seconds)
+    chunk_size = services.settings.chunk_size
+    for tier, group in groupby(sorted(report.retries, key=lambda r: r[0]), key=lambda r: r[0]):
+        retries = [d for _, d in group]
+        dispatch.dispatch(
+            session, services.publisher, retries, chunk_size=chunk_size, delay_seconds=tier
+        )
+    if report.released:
+        dispatch.dispatch(session, services.publisher, report.released, chunk_size=chunk_size)
+    return report
 
 
 _lock = threading.Lock()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from itertools import groupby
 
 from celery import current_app, shared_task
 from flask import current_app as flask_app
 
-from massmailer import dispatch, sweeper
+from massmailer import sweeper
 from massmailer.extensions import db
 from massmailer.publisher import CeleryPublisher
-from massmailer.services import Services, services_for
+from massmailer.services import Services, deliver_chunk, services_for
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +28,7 @@ def send_chunk(self, job_ids: list[int]) -> dict:
         logger.error("event=bad_task_args args=%r", job_ids)
         return {"error": "job_ids must be a list of integers"}
     services = current_services()
-    budget = services.settings.send_budget_seconds
-    report = services.delivery.deliver(db.session, job_ids, budget_seconds=budget)
-    chunk_size = services.settings.chunk_size
-    for tier, group in groupby(sorted(report.retries, key=lambda r: r[0]), key=lambda r: r[0]):
-        dispatches = [d for _, d in group]
-        dispatch.dispatch(
-            db.session, services.publisher, dispatches, chunk_size=chunk_size, delay_seconds=tier
-        )
-    if report.released:
-        dispatch.dispatch(db.session, services.publisher, report.released, chunk_size=chunk_size)
+    report = deliver_chunk(db.session, services, job_ids, services.settings.send_budget_seconds)
     logger.info(
         "event=chunk_done jobs=%d claimed=%d sent=%d failed=%d retries=%d",
         len(job_ids),

@@ -38,6 +38,9 @@ class DemoFailed(Exception):
     """The demo could not finish: a worker crashed or the time ran out."""
 
 
+DEMO_RETRY_TIERS_SECONDS = (1, 2, 5, 10)
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     count: int = 2000
@@ -58,6 +61,10 @@ def demo_settings(database_url: str, providers: list[ProviderConfig]) -> Setting
         providers=tuple(providers),
         bounce_address=DEMO_BOUNCE_ADDRESS,
         chunk_size=DEMO_CHUNK_SIZE,
+        # The job table is the demo's queue, so retries need no RabbitMQ tier: short waits keep
+        # the run brief while still showing backoff.
+        retry_tiers_seconds=DEMO_RETRY_TIERS_SECONDS,
+        backoff_base_seconds=1.0,
     )
 
 

@@ -5,36 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from itertools import groupby
 
 from flask import Flask
-from sqlalchemy.orm import Session
 
-from massmailer import dispatch
 from massmailer.delivery import ChunkReport
 from massmailer.demo.table_queue import TableQueue
 from massmailer.extensions import db
-from massmailer.services import Services
+from massmailer.services import Services, deliver_chunk
 
 logger = logging.getLogger(__name__)
 
 # A chunk of the demo's size takes well under a second; the budget only matters if a provider hangs.
 CHUNK_BUDGET_SECONDS = 60.0
 IDLE_POLL_SECONDS = 0.1
-
-
-def deliver_chunk(session: Session, services: Services, job_ids: list[int]) -> ChunkReport:
-    """Do what the send_chunk task does: deliver, then hand retries and released jobs back."""
-    report = services.delivery.deliver(session, job_ids, budget_seconds=CHUNK_BUDGET_SECONDS)
-    size = services.settings.chunk_size
-    for tier, group in groupby(sorted(report.retries, key=lambda r: r[0]), key=lambda r: r[0]):
-        dispatches = [d for _, d in group]
-        dispatch.dispatch(
-            session, services.publisher, dispatches, chunk_size=size, delay_seconds=tier
-        )
-    if report.released:
-        dispatch.dispatch(session, services.publisher, report.released, chunk_size=size)
-    return report
 
 
 class WorkerThreads:
@@ -88,7 +71,7 @@ class WorkerThreads:
         if not job_ids:
             return False
         try:
-            report = deliver_chunk(db.session, self._services, job_ids)
+            report = deliver_chunk(db.session, self._services, job_ids, CHUNK_BUDGET_SECONDS)
         finally:
             self._queue.done(job_ids)
         self._on_report(report)
