@@ -78,92 +78,69 @@ def claim(
     return sorted((ClaimedJob(*row) for row in rows), key=lambda j: j.job_id)
 
 
-def _held(token: str):
-    return and_(
+def _write_held(
+    session: Session, token: str, rows: list[dict], now: datetime, **values: object
+) -> None:
+    """Apply values to each row's job still held under token, and end the claim."""
+    if not rows:
+        return
+    held = and_(
         jobs.c.job_id == bindparam("b_job_id"),
         jobs.c.claim_token == token,
         jobs.c.status == Status.PENDING,
     )
+    stmt = (
+        update(jobs)
+        .where(held)
+        .values(**values, updated_at=now, claim_token=None, lease_until=None)
+    )
+    session.execute(stmt, rows)
+
+
+# Handing a job back to the broker: a new dispatch, not yet confirmed.
+_REDISPATCH = {"dispatch_seq": jobs.c.dispatch_seq + 1, "enqueued_at": None}
 
 
 def mark_sent(session: Session, token: str, rows: list[dict], now: datetime) -> None:
     """rows: b_job_id, b_provider, b_queue_id, b_reply, b_charged (tries, with failovers)."""
-    if rows:
-        stmt = (
-            update(jobs)
-            .where(_held(token))
-            .values(
-                status=Status.SENT,
-                provider=bindparam("b_provider"),
-                provider_queue_id=bindparam("b_queue_id"),
-                provider_reply=bindparam("b_reply"),
-                attempts=jobs.c.attempts + bindparam("b_charged"),
-                sent_at=now,
-                updated_at=now,
-                last_error=None,
-                claim_token=None,
-                lease_until=None,
-            )
-        )
-        session.execute(stmt, rows)
+    _write_held(
+        session, token, rows, now,
+        status=Status.SENT,
+        provider=bindparam("b_provider"),
+        provider_queue_id=bindparam("b_queue_id"),
+        provider_reply=bindparam("b_reply"),
+        attempts=jobs.c.attempts + bindparam("b_charged"),
+        sent_at=now,
+        last_error=None,
+    )  # fmt: skip
 
 
 def mark_failed(session: Session, token: str, rows: list[dict], now: datetime) -> None:
     """rows: b_job_id, b_provider, b_error, b_charged (1 when a provider was tried)."""
-    if rows:
-        stmt = (
-            update(jobs)
-            .where(_held(token))
-            .values(
-                status=Status.FAILED,
-                provider=bindparam("b_provider"),
-                last_error=bindparam("b_error"),
-                attempts=jobs.c.attempts + bindparam("b_charged"),
-                updated_at=now,
-                claim_token=None,
-                lease_until=None,
-            )
-        )
-        session.execute(stmt, rows)
+    _write_held(
+        session, token, rows, now,
+        status=Status.FAILED,
+        provider=bindparam("b_provider"),
+        last_error=bindparam("b_error"),
+        attempts=jobs.c.attempts + bindparam("b_charged"),
+    )  # fmt: skip
 
 
 def mark_retry(session: Session, token: str, rows: list[dict], now: datetime) -> None:
     """rows: b_job_id, b_error, b_charged, b_next_attempt_at, b_failed_provider."""
-    if rows:
-        stmt = (
-            update(jobs)
-            .where(_held(token))
-            .values(
-                last_error=bindparam("b_error"),
-                attempts=jobs.c.attempts + bindparam("b_charged"),
-                next_attempt_at=bindparam("b_next_attempt_at"),
-                failed_provider=bindparam("b_failed_provider"),
-                dispatch_seq=jobs.c.dispatch_seq + 1,
-                enqueued_at=None,
-                updated_at=now,
-                claim_token=None,
-                lease_until=None,
-            )
-        )
-        session.execute(stmt, rows)
+    _write_held(
+        session, token, rows, now,
+        last_error=bindparam("b_error"),
+        attempts=jobs.c.attempts + bindparam("b_charged"),
+        next_attempt_at=bindparam("b_next_attempt_at"),
+        failed_provider=bindparam("b_failed_provider"),
+        **_REDISPATCH,
+    )  # fmt: skip
 
 
 def release(session: Session, token: str, job_ids: Iterable[int], now: datetime) -> None:
     """Give back claimed jobs that were not tried, so they are dispatched again."""
-    rows = [{"b_job_id": job_id} for job_id in job_ids]
-    if rows:
-        stmt = (
-            update(jobs)
-            .where(_held(token))
-            .values(
-                dispatch_seq=jobs.c.dispatch_seq + 1,
-                enqueued_at=None,
-                updated_at=now,
-                claim_token=None,
-                lease_until=None,
-            )
-        )
-        session.execute(stmt, rows)
+    _write_held(session, token, [{"b_job_id": i} for i in job_ids], now, **_REDISPATCH)
 
 
 def record_attempts(session: Session, rows: list[dict]) -> None:
