@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from massmailer import failure_policy, jobstore, retry, suppressions
@@ -19,6 +21,7 @@ from massmailer.jobstore import ClaimedJob, Dispatch
 from massmailer.limits.interface import Limits
 from massmailer.message import OutgoingMessage, build_message, verp_sender
 from massmailer.models.types import utcnow
+from massmailer.outages import OUTAGE_ERRORS
 from massmailer.outcomes import OutcomeRecorder
 from massmailer.picker import NoProvider, ProviderPicker
 from massmailer.providers.base import FailureKind, ProviderConfig, SendError
@@ -82,6 +85,7 @@ class DeliveryService:
         self._templates.load(session, (j.batch_id for j in claimed))
         suppressed = suppressions.suppressed_among(session, (j.recipient for j in claimed))
         recorder = OutcomeRecorder(session, token, self._clock, self._monotonic)
+        completed = False
         try:
             for index, job in enumerate(claimed):
                 if self._monotonic() >= deadline:
@@ -90,6 +94,13 @@ class DeliveryService:
                     break
                 try:
                     self._deliver_one(job, recorder, suppressed)
+                except OUTAGE_ERRORS:
+                    # Redis (or PostgreSQL) went away: the job is not at fault. Give the rest back
+                    # while the database answers; otherwise their leases expire and the sweeper
+                    # takes them.
+                    with contextlib.suppress(*OUTAGE_ERRORS):
+                        self._release(session, token, claimed[index:])
+                    raise
                 except Exception as exc:
                     # A bug, not a send failure: charge this job (so a poison job ends FAILED
                     # after max attempts), give the rest back, and fail the task visibly.
@@ -97,12 +108,29 @@ class DeliveryService:
                     self._release(session, token, claimed[index + 1 :])
                     raise
                 recorder.maybe_flush()
+            completed = True
         finally:
-            recorder.flush()
+            if completed:
+                recorder.flush()
+            else:
+                self._flush_after_error(session, recorder)
         report.sent = recorder.counts["sent"]
         report.failed = recorder.counts["failed"]
         report.retries = recorder.retries
         return report
+
+    def _flush_after_error(self, session: Session, recorder: OutcomeRecorder) -> None:
+        """Record what the chunk did before it broke, if the database still answers.
+
+        The error that broke the chunk keeps propagating either way; outcomes that cannot be
+        written leave their jobs claimed until the lease expires.
+        """
+        try:
+            recorder.flush()
+        except SQLAlchemyError:
+            logger.warning("event=outcomes_unrecorded reason=database_unavailable")
+            with contextlib.suppress(SQLAlchemyError):
+                session.rollback()
 
     def _release(self, session: Session, token: str, jobs: list[ClaimedJob]) -> list[Dispatch]:
         jobstore.release(session, token, (j.job_id for j in jobs), self._clock())

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import current_app, shared_task
+from celery.exceptions import Reject
 from flask import current_app as flask_app
 
 from massmailer import sweeper
 from massmailer.extensions import db
+from massmailer.outages import OUTAGE_ERRORS
 from massmailer.publisher import CeleryPublisher
 from massmailer.services import Services, deliver_chunk, services_for
 
 logger = logging.getLogger(__name__)
+
+OUTAGE_PAUSE_SECONDS = 2.0
 
 
 def current_services() -> Services:
@@ -28,7 +33,15 @@ def send_chunk(self, job_ids: list[int]) -> dict:
         logger.error("event=bad_task_args args=%r", job_ids)
         return {"error": "job_ids must be a list of integers"}
     services = current_services()
-    report = deliver_chunk(db.session, services, job_ids, services.settings.send_budget_seconds)
+    try:
+        report = deliver_chunk(db.session, services, job_ids, services.settings.send_budget_seconds)
+    except OUTAGE_ERRORS as exc:
+        # PostgreSQL or Redis is down. Acking would strand jobs nobody claimed (they carry an
+        # enqueued stamp, so the sweeper leaves them alone): put the message back instead, after
+        # a pause so an outage does not become a hot loop.
+        logger.warning("event=chunk_requeued reason=outage error=%s", type(exc).__name__)
+        time.sleep(OUTAGE_PAUSE_SECONDS)
+        raise Reject(exc, requeue=True) from exc
     logger.info(
         "event=chunk_done jobs=%d claimed=%d sent=%d failed=%d retries=%d",
         len(job_ids),
