@@ -117,7 +117,19 @@ class DeliveryService:
         report.sent = recorder.counts["sent"]
         report.failed = recorder.counts["failed"]
         report.retries = recorder.retries
+        self._drop_cancelled(session, report, {j.job_id for j in claimed if j.batch_id})
         return report
+
+    def _drop_cancelled(self, session: Session, report: ChunkReport, batch_jobs: set[int]) -> None:
+        """Cancel, instead of dispatching again, batch jobs whose batch was cancelled meanwhile."""
+        coming_back = [d.job_id for _, d in report.retries] + [d.job_id for d in report.released]
+        cancelled = jobstore.cancel_if_batch_cancelled(
+            session, [i for i in coming_back if i in batch_jobs], self._clock()
+        )
+        if cancelled:
+            session.commit()
+            report.retries = [(t, d) for t, d in report.retries if d.job_id not in cancelled]
+            report.released = [d for d in report.released if d.job_id not in cancelled]
 
     def _flush_after_error(self, session: Session, recorder: OutcomeRecorder) -> None:
         """Record what the chunk did before it broke, if the database still answers.

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from massmailer.models import EmailAttempt, EmailJob, Status
+from massmailer.models import Batch, EmailAttempt, EmailJob, Status
 
 jobs = EmailJob.__table__
 attempts_table = EmailAttempt.__table__
@@ -364,3 +364,27 @@ def cancel_batch(session: Session, batch_id: int, now: datetime) -> tuple[int, i
         .where(jobs.c.batch_id == batch_id, jobs.c.status == Status.PENDING)
     )
     return result.rowcount, in_flight or 0
+
+
+def cancel_if_batch_cancelled(session: Session, job_ids: Sequence[int], now: datetime) -> set[int]:
+    """Cancel those of job_ids (unclaimed, PENDING) whose batch was cancelled; return them.
+
+    Jobs in flight when their batch was cancelled may finish sending, but one that comes back for
+    a retry must not go out later: this catches it before it is dispatched again. No commit.
+    """
+    if not job_ids:
+        return set()
+    batches = Batch.__table__
+    cancelled_batches = select(batches.c.id).where(batches.c.cancelled_at.is_not(None))
+    rows = session.execute(
+        update(jobs)
+        .where(
+            jobs.c.job_id.in_(list(job_ids)),
+            jobs.c.status == Status.PENDING,
+            jobs.c.claim_token.is_(None),
+            jobs.c.batch_id.in_(cancelled_batches.scalar_subquery()),
+        )
+        .values(status=Status.CANCELLED, updated_at=now, last_error="cancelled")
+        .returning(jobs.c.job_id)
+    )
+    return {row[0] for row in rows}

@@ -333,3 +333,32 @@ def test_after_cancel_only_the_jobs_in_flight_are_still_sent(
     assert final["SENT"] <= body["counts"]["SENT"] + body["in_flight"]
     assert final["SENT"] + final["CANCELLED"] == 400
     assert smtp_server.message_count == final["SENT"]
+
+
+@pytest.mark.slow
+def test_a_job_in_flight_at_cancel_that_needs_a_retry_is_cancelled_not_sent_later(
+    client, auth, env, smtp_server
+):
+    from massmailer.testing.smtp_server import Rule
+
+    # Each reply waits, so the first message is still in flight when the cancel lands; its 451
+    # would normally send it to a delay tier and out again ten seconds later.
+    smtp_server.latency_seconds = 0.5
+    smtp_server.set_rules([Rule("DATA", 451, "4.3.0 try later")])
+    batch_id = accepted_batch(client, auth, recipients=recipients(2))["id"]
+
+    with infra.running_worker(env, concurrency=1):
+        infra.wait_until(lambda: any(j.claim_token for j in jobs_of(batch_id)), 20, 0.05, "a claim")
+        body = client.post(f"/v1/batches/{batch_id}/cancel", headers=auth).get_json()
+        infra.wait_until(
+            lambda: all(j.status != "PENDING" for j in jobs_of(batch_id)),
+            30,
+            0.2,
+            "every job of the batch to end",
+        )
+        smtp_server.set_rules([])
+        time.sleep(12)  # past the 10 s tier: a retry that slipped through would arrive now
+
+    assert body["in_flight"] >= 1
+    assert {j.status for j in jobs_of(batch_id)} == {"CANCELLED"}
+    assert smtp_server.message_count == 0
