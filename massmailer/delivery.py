@@ -15,18 +15,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from massmailer import failure_policy, jobstore, retry, suppressions
-from massmailer.batches import UNSUBSCRIBE_VAR, BatchTemplates
+from massmailer.compose import Composer
 from massmailer.config import Settings
 from massmailer.jobstore import ClaimedJob, Dispatch
 from massmailer.limits.interface import Limits
-from massmailer.message import OutgoingMessage, build_message, verp_sender
+from massmailer.message import build_message
 from massmailer.models.types import utcnow
 from massmailer.outages import OUTAGE_ERRORS
 from massmailer.outcomes import OutcomeRecorder
 from massmailer.picker import NoProvider, ProviderPicker
 from massmailer.providers.base import FailureKind, ProviderConfig, SendError
 from massmailer.providers.pool import PoolRegistry, PoolTimeout
-from massmailer.unsubscribe import UnsubscribeLinks
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +65,7 @@ class DeliveryService:
         self._clock = clock
         self._monotonic = monotonic
         self._picker = ProviderPicker(providers, limits, self._rng)
-        self._templates = BatchTemplates(settings.max_body_bytes)
-        self._unsubscribe = UnsubscribeLinks(
-            settings.secret_key, settings.public_url, settings.unsubscribe_mailto
-        )
+        self._composer = Composer(settings)
 
     def deliver(
         self, session: Session, job_ids: Sequence[int], *, budget_seconds: float
@@ -82,7 +78,7 @@ class DeliveryService:
         report = ChunkReport(claimed=len(claimed))
         if not claimed:
             return report
-        self._templates.load(session, (j.batch_id for j in claimed))
+        self._composer.load(session, claimed)
         suppressed = suppressions.suppressed_among(session, (j.recipient for j in claimed))
         recorder = OutcomeRecorder(session, token, self._clock, self._monotonic)
         completed = False
@@ -168,7 +164,7 @@ class DeliveryService:
             recorder.failed(job.job_id, None, "suppressed", charged=0)
             return
         try:
-            data = build_message(self._outgoing(job))
+            data = build_message(self._composer.compose(job, self._clock()))
         except (ValueError, UnicodeError) as exc:
             recorder.failed(job.job_id, None, f"bad_data: {exc}", charged=0)
             return
@@ -212,7 +208,7 @@ class DeliveryService:
         started = self._monotonic()
         try:
             with self._pools.get(provider).session() as smtp:
-                delivered = smtp.send(self._mail_from(job), job.recipient, data)
+                delivered = smtp.send(self._composer.mail_from(job), job.recipient, data)
         except PoolTimeout as busy:
             # Every session to this provider is busy: capacity, not failure; nothing is recorded.
             return busy
@@ -308,10 +304,6 @@ class DeliveryService:
             job.attempts + charged,
         )
 
-    def _mail_from(self, job: ClaimedJob) -> str:
-        bounce = self._settings.bounce_address
-        return verp_sender(bounce, job.job_id) if bounce else job.sender
-
     def _ms_since(self, started: float) -> int:
         return int((self._monotonic() - started) * 1000)
 
@@ -328,31 +320,3 @@ class DeliveryService:
             failed_provider=job.failed_provider,
         )
         logger.info("event=wait outcome=wait job_id=%d delay_s=%d", job.job_id, tier)
-
-    def _outgoing(self, job: ClaimedJob) -> OutgoingMessage:
-        """The message for a job; a batch job's parts are rendered here from its template."""
-        text, html = job.body or None, job.html
-        headers = tuple((name, value) for name, value in (job.headers or ()))
-        link = None
-        if job.category == "marketing":
-            link = self._unsubscribe.url(job.recipient, job.job_id)
-            headers += self._unsubscribe.headers(link)
-        if job.batch_id is not None:
-            variables = dict(job.template_vars or {})
-            if link is not None:
-                variables[UNSUBSCRIBE_VAR] = link
-            # A TemplateError is a ValueError: the job fails as bad data, it is not retried.
-            rendered = self._templates.get(job.batch_id).render(variables, ("text", "html"))
-            text, html = rendered.text, rendered.html
-        return OutgoingMessage(
-            from_addr=job.sender,
-            from_name=job.sender_name,
-            to_addr=job.recipient,
-            to_name=job.recipient_name,
-            subject=job.subject,
-            text=text,
-            html=html,
-            message_id=job.message_id,
-            date=self._clock(),
-            headers=headers,
-        )
