@@ -16,6 +16,7 @@ from massmailer.config import Settings
 from massmailer.delivery import ChunkReport, DeliveryService
 from massmailer.dispatch import Publisher
 from massmailer.limits import MemoryLimits, RedisLimits
+from massmailer.limits.cached import CachedBreakers
 from massmailer.limits.interface import Limits
 from massmailer.providers.pool import PoolRegistry
 
@@ -82,8 +83,11 @@ def make_limits(settings: Settings) -> Limits:
         "cooldown_seconds": settings.breaker_cooldown_seconds,
     }
     if settings.redis_url:
-        client = redis.Redis.from_url(settings.redis_url)
-        return RedisLimits(client, prefix=settings.redis_key_prefix, **breaker)
+        # Timeouts: a Redis that stops answering must fail sends as an outage, not hang them.
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        return CachedBreakers(RedisLimits(client, prefix=settings.redis_key_prefix, **breaker))
     return MemoryLimits(**breaker)
 
 
