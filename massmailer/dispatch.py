@@ -25,13 +25,28 @@ class Publisher(Protocol):
         """Queue one chunk; return only once the queue holds it, else raise PublishError."""
 
 
+# A chunk is sent by one worker slot, one message after another. Against distant providers a
+# few big chunks would leave most slots idle (bench/README.md: 2,000 emails in chunks of 200 ran
+# 2.4x slower than in chunks of 20 on 32 threads), so a group is cut into at least SPREAD chunks
+# while that keeps them at MIN_CHUNK or more; large groups still get chunks of `size`, which
+# amortise the claim and the outcome writes best.
+SPREAD = 32
+MIN_CHUNK = 10
+
+
+def chunk_length(count: int, size: int) -> int:
+    """The chunk length for a group of count jobs, at most size."""
+    return max(1, min(size, max(MIN_CHUNK, -(-count // SPREAD))))
+
+
 def chunks(dispatches: Sequence[Dispatch], size: int) -> Iterator[list[Dispatch]]:
     """Split into chunks of at most size jobs, each of one priority, highest priority first."""
     ordered = sorted(dispatches, key=lambda d: (-d.priority, d.job_id))
     for _, same_priority in groupby(ordered, key=lambda d: d.priority):
         group = list(same_priority)
-        for start in range(0, len(group), size):
-            yield group[start : start + size]
+        length = chunk_length(len(group), size)
+        for start in range(0, len(group), length):
+            yield group[start : start + length]
 
 
 def dispatch(

@@ -55,7 +55,8 @@ def test_an_email_goes_from_the_api_to_the_smtp_server(client, auth, env, smtp_s
 
     job = db.session.get(EmailJob, job_id)
     assert (job.status, job.provider, job.attempts) == ("SENT", "primary", 1)
-    assert job.sent_at is not None and job.provider_reply
+    assert job.sent_at is not None and job.provider_reply.startswith("2.0.0 Ok: queued as ")
+    assert job.provider_queue_id == job.provider_reply.rsplit(" ", 1)[1]  # the provider's id
     [received] = smtp_server.messages
     assert received.mail_from == f"bounces+{job_id}@massmailer.test"  # VERP
     assert received.rcpt_tos == ["zoe@example.com"]

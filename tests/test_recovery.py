@@ -138,11 +138,12 @@ def test_an_unroutable_publish_counts_as_failed_and_is_recovered(
         wait_all_sent([job_id], timeout=30)
 
 
-def test_jobs_survive_a_broker_restart(client, auth, fast_recovery_env, smtp_server):
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_jobs_survive_a_broker_restart(client, auth, fast_recovery_env, smtp_server, pool):
     queued = post_many(client, auth, 10, prefix="before")
     restart_rabbitmq()
 
-    with infra.running_worker(fast_recovery_env, beat=True):
+    with infra.running_worker(fast_recovery_env, beat=True, pool=pool, concurrency=4):
         wait_all_sent(queued, timeout=60)
         restart_rabbitmq()
         # The API's connection broke with the restart: its publish fails or reconnects; either
