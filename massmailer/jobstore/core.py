@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from massmailer.models import EmailAttempt, EmailJob, Status
@@ -206,17 +206,23 @@ def take_lost(session: Session, now: datetime, grace: timedelta, limit: int) -> 
         .order_by(jobs.c.priority.desc(), jobs.c.job_id)
         .limit(limit)
     )
+    return redispatch(session, picked, jobs.c.status == Status.PENDING, now=now)
+
+
+def redispatch(
+    session: Session, picked: Select, guard: ColumnElement[bool], *, now: datetime, **values: object
+) -> list[Dispatch]:
+    """Hand the picked jobs (still matching guard) to the broker again; commit; return them.
+
+    Any claim ends and the enqueued stamp is cleared, so if the new publish is not confirmed the
+    sweeper finds the job again; `values` adds what else changes.
+    """
     if session.get_bind().dialect.name == "postgresql":
         picked = picked.with_for_update(skip_locked=True)
     stmt = (
         update(jobs)
-        .where(jobs.c.job_id.in_(picked.scalar_subquery()))
-        .values(
-            dispatch_seq=jobs.c.dispatch_seq + 1,
-            claim_token=None,
-            lease_until=None,
-            updated_at=now,
-        )
+        .where(jobs.c.job_id.in_(picked.scalar_subquery()), guard)
+        .values(**values, **_REDISPATCH, claim_token=None, lease_until=None, updated_at=now)
         .returning(jobs.c.job_id, jobs.c.priority, jobs.c.dispatch_seq)
     )
     rows = session.execute(stmt).all()

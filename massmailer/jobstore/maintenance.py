@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from massmailer.jobstore.core import Dispatch, attempts_table, jobs
+from massmailer.jobstore.core import Dispatch, attempts_table, jobs, redispatch
 from massmailer.models import Status
 
 FINAL_STATUSES = (Status.SENT, Status.FAILED, Status.CANCELLED)
@@ -35,29 +35,15 @@ def requeue_failed(
     if batch_id is not None:
         conditions.append(jobs.c.batch_id == batch_id)
     picked = select(jobs.c.job_id).where(*conditions).order_by(jobs.c.job_id).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
-        picked = picked.with_for_update(skip_locked=True)
-    stmt = (
-        update(jobs)
-        .where(jobs.c.job_id.in_(picked.scalar_subquery()), jobs.c.status == Status.FAILED)
-        .values(
-            status=Status.PENDING,
-            attempts=0,
-            last_error=None,
-            provider=None,
-            failed_provider=None,
-            next_attempt_at=None,
-            dispatch_seq=jobs.c.dispatch_seq + 1,
-            enqueued_at=None,
-            claim_token=None,
-            lease_until=None,
-            updated_at=now,
-        )
-        .returning(jobs.c.job_id, jobs.c.priority, jobs.c.dispatch_seq)
-    )
-    rows = session.execute(stmt).all()
-    session.commit()
-    return [Dispatch(*row) for row in rows]
+    return redispatch(
+        session, picked, jobs.c.status == Status.FAILED, now=now,
+        status=Status.PENDING,
+        attempts=0,
+        last_error=None,
+        provider=None,
+        failed_provider=None,
+        next_attempt_at=None,
+    )  # fmt: skip
 
 
 def purge_final(session: Session, before: datetime, limit: int = 5000) -> int:

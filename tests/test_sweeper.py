@@ -1,0 +1,73 @@
+"""What the sweeper takes back: only what the broker cannot be holding."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from massmailer import jobstore
+from massmailer.extensions import db
+from massmailer.models import EmailJob
+from massmailer.models.types import utcnow
+
+pytestmark = pytest.mark.integration
+
+GRACE = timedelta(seconds=60)
+
+
+def job(**columns) -> int:
+    now = utcnow()
+    row = EmailJob(
+        recipient="a@example.com", subject="s", body="b", sender="s@example.com",
+        status="PENDING", message_id=f"<{id(columns)}.{now.timestamp()}@test>",
+        created_at=now, updated_at=columns.pop("updated_at", now), **columns,
+    )  # fmt: skip
+    db.session.add(row)
+    db.session.commit()
+    return row.job_id
+
+
+def test_only_jobs_the_broker_cannot_hold_are_taken(app):
+    now = utcnow()
+    long_ago = now - 2 * GRACE
+    waiting_in_queue = job(enqueued_at=long_ago, updated_at=long_ago)
+    never_confirmed = job(updated_at=long_ago)
+    just_committed = job()
+    scheduled_due = job(send_at=now - timedelta(seconds=1))
+    scheduled_later = job(send_at=now + timedelta(hours=1))
+    retry_not_due = job(updated_at=long_ago, next_attempt_at=now + timedelta(minutes=5))
+    lease_expired = job(
+        claim_token="dead-worker", lease_until=now - timedelta(seconds=1), enqueued_at=long_ago
+    )
+    lease_live = job(claim_token="busy-worker", lease_until=now + timedelta(minutes=5))
+
+    taken = {d.job_id for d in jobstore.take_lost(db.session, now, GRACE, limit=100)}
+
+    assert taken == {never_confirmed, scheduled_due, lease_expired}
+    assert not taken & {
+        waiting_in_queue,
+        just_committed,
+        scheduled_later,
+        retry_not_due,
+        lease_live,
+    }
+
+
+def test_a_taken_job_whose_new_publish_fails_is_found_again(app):
+    now = utcnow()
+    dead = job(
+        claim_token="dead-worker",
+        lease_until=now - timedelta(seconds=1),
+        enqueued_at=now - timedelta(hours=1),
+    )
+
+    [first] = jobstore.take_lost(db.session, now, GRACE, limit=100)
+    row = db.session.get(EmailJob, dead)
+    db.session.refresh(row)
+
+    # No confirm follows (the publish failed): the job must not look enqueued.
+    assert (row.claim_token, row.lease_until, row.enqueued_at) == (None, None, None)
+    later = now + 2 * GRACE
+    assert [d.job_id for d in jobstore.take_lost(db.session, later, GRACE, limit=100)] == [dead]
+    assert first.seq == 1
