@@ -318,17 +318,6 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
 def _address(environ: Mapping[str, str], name: str, *, bare: bool = False) -> str | None:
     raw = environ.get(name)
     if not raw:
