@@ -1,4 +1,4 @@
-"""Accept an email: store the job, commit, then hand it to the queue."""
+"""Accept an email: store the job (the caller commits), then hand it to the queue."""
 
 from __future__ import annotations
 
@@ -11,21 +11,6 @@ from massmailer.message import make_message_id
 from massmailer.models import EmailJob, Status
 from massmailer.models.types import utcnow
 from massmailer.validation import EmailRequest
-
-
-def accept(
-    session: Session,
-    publisher: dispatch.Publisher,
-    request: EmailRequest,
-    *,
-    api_key_id: int | None,
-    settings: Settings,
-) -> EmailJob:
-    """Store one job (committed before anything is published) and publish it unless scheduled."""
-    job = store(session, request, api_key_id=api_key_id, settings=settings)
-    session.commit()
-    publish(session, publisher, job)
-    return job
 
 
 def store(
