@@ -8,15 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
-import redis
 from sqlalchemy.orm import Session
 
 from massmailer import dispatch
 from massmailer.config import Settings
 from massmailer.delivery import ChunkReport, DeliveryService
 from massmailer.dispatch import Publisher
-from massmailer.limits import MemoryLimits, RedisLimits
-from massmailer.limits.cached import CachedBreakers
+from massmailer.limits.factory import limits_for
 from massmailer.limits.interface import Limits
 from massmailer.providers.pool import PoolRegistry
 
@@ -49,6 +47,9 @@ def deliver_chunk(
     return report
 
 
+# A Redis that stops answering must fail a send as an outage, not hang its worker slot.
+SENDER_REDIS_TIMEOUT_SECONDS = 5.0
+
 _lock = threading.Lock()
 _cache: dict[tuple[int, int], Services] = {}
 
@@ -77,18 +78,7 @@ def build_services(
 
 def make_limits(settings: Settings) -> Limits:
     """Limits shared by the fleet through Redis, or in-process for the embedded demo."""
-    breaker = {
-        "failure_threshold": settings.breaker_failure_threshold,
-        "window_seconds": settings.breaker_window_seconds,
-        "cooldown_seconds": settings.breaker_cooldown_seconds,
-    }
-    if settings.redis_url:
-        # Timeouts: a Redis that stops answering must fail sends as an outage, not hang them.
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-        )
-        return CachedBreakers(RedisLimits(client, prefix=settings.redis_key_prefix, **breaker))
-    return MemoryLimits(**breaker)
+    return limits_for(settings, timeout_seconds=SENDER_REDIS_TIMEOUT_SECONDS)
 
 
 def forget_all() -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from massmailer.limits.interface import Limits
-from massmailer.limits.policy import BreakerState
+from massmailer.limits.policy import BreakerState, LimitSettings
 from massmailer.providers.base import ProviderConfig
 
 DEFAULT_TTL_SECONDS = 1.0
@@ -35,6 +35,11 @@ class CachedBreakers:
         self._ttl = ttl_seconds
         self._clock = clock
         self._closed_until: dict[str, float] = {}
+
+    @property
+    def settings(self) -> LimitSettings:
+        """The wrapped store's breaker thresholds and lease lengths."""
+        return self._inner.settings
 
     def _known_closed(self, provider_name: str) -> bool:
         return self._closed_until.get(provider_name, 0.0) > self._clock()

@@ -11,14 +11,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import redis
 from amqp.exceptions import ChannelError
 from kombu import Connection
 from sqlalchemy.orm import Session
 
 from massmailer import jobstore
 from massmailer.config import Settings
-from massmailer.limits import MemoryLimits, RedisLimits
+from massmailer.limits.factory import limits_for
 from massmailer.limits.interface import Limits
 from massmailer.providers.base import ProviderConfig
 from massmailer.queues import ALL_QUEUES
@@ -47,15 +46,8 @@ class OpsState:
 
 
 def make_limits(settings: Settings) -> Limits:
-    """Limits to read provider health from: Redis with short timeouts, in-process without it."""
-    if not settings.redis_url:
-        return MemoryLimits()
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=TIMEOUT_SECONDS,
-        socket_connect_timeout=TIMEOUT_SECONDS,
-    )
-    return RedisLimits(client, prefix=settings.redis_key_prefix)
+    """Limits to read provider health from: the senders' store, with short timeouts."""
+    return limits_for(settings, timeout_seconds=TIMEOUT_SECONDS)
 
 
 def read_state(session: Session, settings: Settings, limits: Limits) -> OpsState:
