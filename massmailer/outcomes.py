@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from massmailer import jobstore, suppressions
@@ -41,7 +40,7 @@ class OutcomeRecorder:
         self._retry: list[dict] = []
         self._attempts: list[dict] = []
         self._suppress: list[tuple[str, str, str]] = []
-        self._accepted: dict[int, datetime | None] = {}  # sent job id -> its created_at
+        self._accepted: list[datetime] = []  # when each sent job was accepted (its created_at)
         self.retries: list[tuple[int, Dispatch]] = []  # (delay tier seconds, job), once flushed
         self.counts = {"sent": 0, "failed": 0, "retry": 0}
 
@@ -52,7 +51,7 @@ class OutcomeRecorder:
         queue_id: str | None,
         reply: str,
         *,
-        accepted_at: datetime | None = None,
+        accepted_at: datetime,
         charged: int = 1,
     ) -> None:
         self._sent.append(
@@ -64,7 +63,7 @@ class OutcomeRecorder:
                 "b_charged": charged,
             }
         )
-        self._accepted[job_id] = accepted_at
+        self._accepted.append(accepted_at)
         self.counts["sent"] += 1
 
     def failed(self, job_id: int, provider: str | None, error: str, charged: int) -> None:
@@ -146,7 +145,7 @@ class OutcomeRecorder:
         self._session.commit()
         self._count(now)
         self._sent, self._failed, self._retry, self._attempts, self._suppress = [], [], [], [], []
-        self._accepted = {}
+        self._accepted = []
         self._last_flush = self._monotonic()
 
     def _count(self, now: datetime) -> None:
@@ -156,17 +155,4 @@ class OutcomeRecorder:
         instruments.count_final("SENT", (r["b_provider"] for r in self._sent))
         instruments.count_final("FAILED", (r["b_provider"] for r in self._failed))
         instruments.count_retries(r["b_charged"] for r in self._retry)
-        accepted = self._accepted_times()
-        instruments.observe_accept_to_sent((now - at).total_seconds() for at in accepted)
-
-    def _accepted_times(self) -> list[datetime]:
-        known = [at for at in self._accepted.values() if at is not None]
-        missing = [job_id for job_id, at in self._accepted.items() if at is None]
-        if missing:
-            # Only when the caller did not pass accepted_at: one indexed lookup per flush.
-            rows = self._session.execute(
-                select(jobstore.jobs.c.created_at).where(jobstore.jobs.c.job_id.in_(missing))
-            )
-            known.extend(rows.scalars())
-            self._session.rollback()
-        return known
+        instruments.observe_accept_to_sent((now - at).total_seconds() for at in self._accepted)
