@@ -10,25 +10,18 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from massmailer.models import EmailJob, Status
+from massmailer.jobstore import claimable, jobs
 from massmailer.models.types import utcnow
-
-jobs = EmailJob.__table__
 
 
 def due_jobs(session: Session, now: datetime, limit: int) -> list[tuple[int, int]]:
     """Select (job id, priority) of due PENDING jobs nobody holds, highest priority, then oldest."""
     stmt = (
         select(jobs.c.job_id, jobs.c.priority)
-        .where(
-            jobs.c.status == Status.PENDING,
-            or_(jobs.c.claim_token.is_(None), jobs.c.lease_until < now),
-            or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now),
-            or_(jobs.c.send_at.is_(None), jobs.c.send_at <= now),
-        )
+        .where(claimable(now, now))
         .order_by(jobs.c.priority.desc(), jobs.c.job_id)
         .limit(limit)
     )

@@ -56,20 +56,23 @@ class Dispatch:
 _CLAIM_COLUMNS = [jobs.c[name] for name in ClaimedJob.__dataclass_fields__]
 
 
+def claimable(now: datetime, due: datetime) -> ColumnElement[bool]:
+    """PENDING, held by nobody (or by a lapsed lease), and due by `due`."""
+    return and_(
+        jobs.c.status == Status.PENDING,
+        or_(jobs.c.claim_token.is_(None), jobs.c.lease_until < now),
+        or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= due),
+        or_(jobs.c.send_at.is_(None), jobs.c.send_at <= due),
+    )
+
+
 def claim(
     session: Session, job_ids: Sequence[int], token: str, now: datetime, lease: timedelta
 ) -> list[ClaimedJob]:
     """Take the due, unclaimed PENDING jobs among job_ids under token; return only those taken."""
-    due = now + CLOCK_TOLERANCE
     stmt = (
         update(jobs)
-        .where(
-            jobs.c.job_id.in_(list(job_ids)),
-            jobs.c.status == Status.PENDING,
-            or_(jobs.c.claim_token.is_(None), jobs.c.lease_until < now),
-            or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= due),
-            or_(jobs.c.send_at.is_(None), jobs.c.send_at <= due),
-        )
+        .where(jobs.c.job_id.in_(list(job_ids)), claimable(now, now + CLOCK_TOLERANCE))
         .values(claim_token=token, lease_until=now + lease, updated_at=now)
         .returning(*_CLAIM_COLUMNS)
     )
