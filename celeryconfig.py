@@ -2,7 +2,14 @@
 
 from kombu import Queue
 
-from massmailer.queues import MAINTENANCE_QUEUE, SEND_QUEUE, maintenance_queue, send_queue
+from massmailer.queues import (
+    MAINTENANCE_QUEUE,
+    SEND_QUEUE,
+    WEBHOOKS_QUEUE,
+    maintenance_queue,
+    send_queue,
+    webhooks_queue,
+)
 
 # Only ids and JSON-safe values cross the broker; pickle would let a message run code.
 task_serializer = "json"
@@ -35,17 +42,22 @@ task_publish_retry_policy = {
 broker_connection_retry_on_startup = True
 
 # The hard limit ends a hung slot; the soft one lets a chunk record what it did. Both are set from
-# MASSMAILER_TASK_TIME_LIMIT_SECONDS (massmailer.worker), which config keeps below the claim lease
-# so a chunk is never claimed by a second worker while the first can still send.
+# MASSMAILER_TASK_TIME_LIMIT_SECONDS (massmailer.worker). They are a last resort: the claim's short
+# lease is renewed while the chunk progresses, and a chunk stops starting sends when too little
+# lease remains (massmailer.delivery.leases), so no second worker can take a job still being sent.
 task_soft_time_limit = 300
 task_time_limit = 360
 
 # Explicit queues and routes; the delay tiers have no consumers and are declared at start-up.
-task_queues = (send_queue, maintenance_queue)
+task_queues = (send_queue, maintenance_queue, webhooks_queue)
 task_default_queue = SEND_QUEUE
 task_routes = {
     "massmailer.send_chunk": {"queue": SEND_QUEUE},
     "massmailer.sweep": {"queue": MAINTENANCE_QUEUE},
+    # Webhooks have a queue and processes of their own: a receiver taking 15 s per request
+    # occupies webhook slots, never send slots.
+    "massmailer.webhooks_dispatch": {"queue": WEBHOOKS_QUEUE},
+    "massmailer.deliver_webhook": {"queue": WEBHOOKS_QUEUE},
 }
 task_create_missing_queues = False
 
@@ -63,6 +75,12 @@ beat_schedule = {
         "task": "massmailer.sweep",
         "schedule": 30.0,
         "options": {"queue": MAINTENANCE_QUEUE},
+    },
+    # Claim due webhook messages (new ones and retries whose next_attempt_at has come).
+    "webhooks": {
+        "task": "massmailer.webhooks_dispatch",
+        "schedule": 5.0,
+        "options": {"queue": WEBHOOKS_QUEUE},
     },
 }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from massmailer.message import OutgoingMessage, build_message, make_message_id
+from massmailer.delivery.message import OutgoingMessage, build_message, make_message_id
 
 TEXT = "Hello {name},\n\nYour order #{n} has shipped. Track it at https://example.com/t/{n}\n" * 8
 HTML = "<p>Hello <b>{name}</b>,</p><p>Your order #{n} has shipped.</p>\n" * 8

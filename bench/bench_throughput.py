@@ -2,7 +2,7 @@
 
 Measures emails/s for each chunk size in the same run, so the ratio against the one-email-per-task
 baseline (chunk size 1) is what to quote. Uses Postfix's smtp-sink (a fast C server; installed by
-../shared/install-smtp-sink.sh) when present, else the project's FaultSMTPServer.
+.ci/install-smtp-sink.sh) when present, else the project's FaultSMTPServer.
 
     python bench/bench_throughput.py                       # 20,000 emails, chunk sizes 1 and 200
     python bench/bench_throughput.py --count 2000 --chunk-sizes 1,50,200 --concurrency 4
@@ -116,7 +116,9 @@ def sent_count() -> int:
 
 def run_once(app, env, count, chunk_size, concurrency, pool) -> dict:
     publisher = app.extensions["massmailer.publisher"]
-    db.session.execute(text("TRUNCATE email_attempts, email_jobs RESTART IDENTITY CASCADE"))
+    db.session.execute(
+        text("TRUNCATE email_attempts, email_events, email_jobs RESTART IDENTITY CASCADE")
+    )
     db.session.commit()
     dispatches = insert_jobs(count)
     publish_started = time.perf_counter()
@@ -157,35 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     count = 300 if args.smoke else args.count
     chunk_sizes = [int(c) for c in args.chunk_sizes.split(",")]
 
-    run = infra.run_id()
-    database_url = infra.create_database(f"mmbench_{run}")
-    broker_url = infra.create_vhost(f"mmbench_{run}")
-    prefix = f"mmbench:{run}:"
     results = []
-    try:
-        with smtp_sink(args.latency_ms) as (port, sink_name):
-            providers = [{"name": "sink", "host": "127.0.0.1", "port": port, "max_connections": 64}]
-            env = infra.service_env(
-                database_url=database_url,
-                broker_url=broker_url,
-                redis_prefix=prefix,
-                providers=providers,
-            )
-            app = create_app(load_settings(env))
-            with app.app_context():
-                with contextlib.redirect_stderr(io.StringIO()):
-                    upgrade()
-                infra.purge_queues(broker_url, [q.name for q in ALL_QUEUES])
-                for chunk_size in chunk_sizes:
-                    results.append(
-                        run_once(app, env, count, chunk_size, args.concurrency, args.pool)
-                    )
-                    print(json.dumps(results[-1]), flush=True)
-                db.session.remove()
-    finally:
-        infra.drop_database(f"mmbench_{run}")
-        infra.delete_vhost(f"mmbench_{run}")
-        infra.delete_redis_prefix(prefix)
+    with infra.throwaway_services() as own, smtp_sink(args.latency_ms) as (port, sink_name):
+        providers = [{"name": "sink", "host": "127.0.0.1", "port": port, "max_connections": 64}]
+        env = own.service_env(providers)
+        app = create_app(load_settings(env))
+        with app.app_context():
+            with contextlib.redirect_stderr(io.StringIO()):
+                upgrade()
+            infra.purge_queues(own.broker_url, [q.name for q in ALL_QUEUES])
+            for chunk_size in chunk_sizes:
+                results.append(run_once(app, env, count, chunk_size, args.concurrency, args.pool))
+                print(json.dumps(results[-1]), flush=True)
+            db.session.remove()
 
     baseline = results[0]["emails_per_second"]
     print(f"\nsink: {sink_name}; worker pool: {args.pool} x {args.concurrency}; {count} emails")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flask import Flask
 
 from massmailer.config import Settings, settings_from_environment
 from massmailer.extensions import db, migrate
+from massmailer.resources import migrations_dir
 
-MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
+MIGRATIONS_DIR = migrations_dir()  # the top-level migrations/, also when installed from a wheel
 
 
 def create_app(settings: Settings | None = None, *, publisher: object | None = None) -> Flask:

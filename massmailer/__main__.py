@@ -1,4 +1,8 @@
-"""`python -m massmailer COMMAND`: commands that need no running services."""
+"""`massmailer COMMAND` (or `python -m massmailer COMMAND`).
+
+`demo` needs no running services and is parsed here; every other command is an operator command
+of massmailer/console.py (`status`, `api-key`, `providers`, `jobs`, `db`, …).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,17 @@ delay tiers are 1, 2, 5 and 10 s; production waits in RabbitMQ tiers of 10 s to 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the command."""
-    parser = argparse.ArgumentParser(prog="python -m massmailer", description=__doc__)
+    """Run `demo` here, any other command through the operator command group."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        return _demo_main(argv)
+    from massmailer.console import operator_group
+
+    return operator_group().main(args=argv, prog_name="massmailer", standalone_mode=True)
+
+
+def _demo_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="massmailer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",

@@ -1,10 +1,11 @@
 """Operator commands: `flask --app wsgi api-key create NAME`, `... api-key revoke NAME`,
-`status`, `providers`, `jobs requeue`, `jobs purge`."""
+`status`, `providers`, `jobs requeue`, `jobs purge`, `bounces serve`, `bounces unmatched`."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,8 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from massmailer import apikeys, dispatch, jobstore
+from massmailer.bounces.cli import bounces_cli
+from massmailer.delivery.warmup import describe, utc_date
 from massmailer.extensions import db
 from massmailer.metrics.state import OpsState, make_limits, read_state
 from massmailer.models.types import utcnow
@@ -22,10 +25,40 @@ api_key_cli = AppGroup("api-key", help="Create and revoke API keys.")
 
 @api_key_cli.command("create")
 @click.argument("name")
-def create_key(name: str) -> None:
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(apikeys.SCOPES),
+    help=f"Repeat for each scope (default: {' '.join(apikeys.DEFAULT_SCOPES)}).",
+)
+@click.option(
+    "--sender-domain",
+    "sender_domains",
+    multiple=True,
+    help="A domain the key may send from; repeat for several (default: any).",
+)
+@click.option("--rate", type=click.FloatRange(min=0.001), help="Requests per second.")
+@click.option("--burst", type=click.IntRange(min=1), help="Requests allowed at once.")
+@click.option("--recipients-per-day", type=click.IntRange(min=1), help="Recipients per UTC day.")
+def create_key(
+    name: str,
+    scopes: tuple[str, ...],
+    sender_domains: tuple[str, ...],
+    rate: float | None,
+    burst: int | None,
+    recipients_per_day: int | None,
+) -> None:
     """Create a key; the key alone is printed on the last line, and never shown again."""
+    options = apikeys.KeyOptions(
+        scopes=scopes or apikeys.DEFAULT_SCOPES,
+        sender_domains=sender_domains or None,
+        rate_per_second=rate,
+        burst=burst,
+        recipients_per_day=recipients_per_day,
+    )
     try:
-        raw = apikeys.create(db.session, name)
+        raw = apikeys.create(db.session, name, options)
     except apikeys.ApiKeyError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Created API key {name!r}. Store it now; it cannot be shown again:", err=False)
@@ -82,20 +115,46 @@ def providers_command() -> None:
     for provider in settings.providers:
         health = (state.providers or {}).get(provider.name)
         rate = f"{provider.rate_per_second:g}/s" if provider.rate_per_second else "no rate limit"
+        daily = ""
+        if provider.daily_cap() is not None or provider.warmup is not None:
+            # The cap in force today: the warm-up's (delivery/warmup.py), else rate_per_day.
+            today = utc_date(time.time())
+            daily = f" daily cap {describe(provider.warmup, provider.daily_cap(), today)}"
         click.echo(
             f"{provider.name:<16} {provider.host}:{provider.port} tls={provider.tls} "
-            f"weight={provider.weight} {rate}"
+            f"weight={provider.weight} {rate}{daily}"
         )
         click.echo(f"{'':<16} {_health_line(health) if health else 'health unknown'}")
+    _echo_destinations(settings, "redis" not in state.errors)
     if "redis" in state.errors:
         raise click.ClickException(f"limits store not reachable ({state.errors['redis']})")
+
+
+def _echo_destinations(settings, readable: bool) -> None:
+    """One line per limited destination group: its rate, and the rate in force after throttles."""
+    limits = list(settings.destinations.limits.values())
+    if not limits:
+        return
+    subjects = [limit.rate_subject for limit in limits]
+    snapshot = make_limits(settings).snapshot(subjects) if readable else {}
+    for limit in limits:
+        health = snapshot.get(limit.rate_subject.name)
+        effective = "effective unknown"
+        if health is not None:
+            throttled = " (throttled)" if health["rate_factor"] < 1.0 else ""
+            effective = f"effective {health['effective_rate']:.3g}/s{throttled}"
+        click.echo(f"{'destination ' + limit.group:<28} {limit.rate_per_second:g}/s  {effective}")
 
 
 def _health_line(health: dict) -> str:
     headroom = health.get("rate_headroom")
     daily = health.get("daily_remaining")
+    effective = health.get("effective_rate")
+    throttled = health.get("rate_factor", 1.0) < 1.0
     return (
         f"breaker {health['state']} (faults {health['failures']})  "
+        f"rate {'unlimited' if effective is None else f'{effective:.3g}/s'}"
+        f"{' (throttled)' if throttled else ''}  "
         f"headroom {'unlimited' if headroom is None else f'{headroom:.1f}'}  "
         f"sessions {health['connections_in_use']}/{health['max_connections']}"
         + ("" if daily is None else f"  left today {daily}")
@@ -174,3 +233,4 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(status_command)
     app.cli.add_command(providers_command)
     app.cli.add_command(jobs_cli)
+    app.cli.add_command(bounces_cli)

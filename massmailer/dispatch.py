@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from itertools import groupby
 from typing import Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from massmailer import jobstore
@@ -25,13 +26,12 @@ class Publisher(Protocol):
         """Queue one chunk; return only once the queue holds it, else raise PublishError."""
 
 
-# A chunk is sent by one worker slot, one message after another. Against distant providers a
-# few big chunks would leave most slots idle (bench/README.md: 2,000 emails in chunks of 200 ran
-# 2.4x slower than in chunks of 20 on 32 threads), so a group is cut into at least SPREAD chunks
-# while that keeps them at MIN_CHUNK or more; large groups still get chunks of `size`, which
-# amortise the claim and the outcome writes best.
-SPREAD = 32
-MIN_CHUNK = 10
+# A chunk's messages are sent at once by its process's sender threads, so a chunk of a few dozen
+# keeps many SMTP sessions busy; a group is still cut into at least SPREAD chunks (while that keeps
+# them at MIN_CHUNK or more) so that a batch reaches every worker slot of a small fleet. Large
+# groups get chunks of `size`, which amortise the claim and the outcome writes best.
+SPREAD = 8
+MIN_CHUNK = 25
 
 
 def chunk_length(count: int, size: int) -> int:
@@ -58,7 +58,41 @@ def dispatch(
     delay_seconds: int = 0,
 ) -> int:
     """Publish the jobs; return how many the queue confirmed. The rest wait for the sweeper."""
+    confirmed, _ = _publish(publisher, dispatches, chunk_size, delay_seconds)
+    if confirmed:
+        _stamp(session, confirmed)
+    return len(confirmed)
+
+
+def dispatch_marked(
+    session: Session,
+    publisher: Publisher,
+    dispatches: Sequence[Dispatch],
+    *,
+    chunk_size: int,
+    batch_id: int,
+) -> int:
+    """Publish a marked batch's jobs (stamped at COPY); unstamp the unconfirmed ones, clear the
+    mark. Return how many the queue confirmed.
+
+    If the database fails here the mark stays, and the sweep unstamps the batch's waiting jobs
+    after the grace: some may then be published twice, and their claim sends each once.
+    """
+    confirmed, failed = _publish(publisher, dispatches, chunk_size, 0)
+    try:
+        jobstore.confirm_batch(session, batch_id, [d.job_id for d in failed])
+    except SQLAlchemyError as exc:
+        logger.warning("event=mark_failed batch_id=%d error=%s", batch_id, type(exc).__name__)
+        session.rollback()
+    return len(confirmed)
+
+
+def _publish(
+    publisher: Publisher, dispatches: Sequence[Dispatch], chunk_size: int, delay_seconds: int
+) -> tuple[list[Dispatch], list[Dispatch]]:
+    """Publish in chunks; return the dispatches the queue confirmed and those it did not."""
     confirmed: list[Dispatch] = []
+    failed: list[Dispatch] = []
     for chunk in chunks(dispatches, chunk_size):
         ids = [d.job_id for d in chunk]
         try:
@@ -68,8 +102,26 @@ def dispatch(
             logger.warning(
                 "event=publish_failed jobs=%d first_job_id=%d error=%r", len(ids), ids[0], str(exc)
             )
+            failed.extend(chunk)
             continue
         confirmed.extend(chunk)
-    if confirmed:
+    return confirmed, failed
+
+
+def _stamp(session: Session, confirmed: list[Dispatch]) -> None:
+    """Stamp confirmed publishes; if the database fails here, the jobs only lack the stamp.
+
+    An unstamped job is re-published by the sweeper after the grace period; its claim keeps the
+    second message from sending anything twice. Raising instead would turn a job the queue holds
+    into an error for the caller (the API would answer 5xx for a committed job).
+    """
+    try:
         jobstore.stamp_enqueued(session, confirmed, utcnow())
-    return len(confirmed)
+    except SQLAlchemyError as exc:
+        logger.warning(
+            "event=stamp_failed jobs=%d first_job_id=%d error=%s",
+            len(confirmed),
+            confirmed[0].job_id,
+            type(exc).__name__,
+        )
+        session.rollback()

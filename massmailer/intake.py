@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable
+
 from sqlalchemy.orm import Session
 
 from massmailer import dispatch
 from massmailer.config import Settings
+from massmailer.delivery.message import make_message_id
 from massmailer.jobstore import Dispatch
-from massmailer.message import make_message_id
 from massmailer.models import EmailJob, Status
 from massmailer.models.types import utcnow
 from massmailer.validation import EmailRequest
+
+logger = logging.getLogger(__name__)
 
 
 def store(
@@ -46,3 +52,18 @@ def publish(session: Session, publisher: dispatch.Publisher, job: EmailJob) -> N
     """Publish a committed job unless it is scheduled later (the sweeper releases it then)."""
     if job.send_at is None or job.send_at <= utcnow():
         dispatch.dispatch(session, publisher, [Dispatch(job.job_id, job.priority, 0)], chunk_size=1)
+
+
+def after_commit(session: Session, step: str, run: Callable[[], object]) -> None:
+    """Run what follows a committed request (publish, stamp, statistics); never raise.
+
+    The jobs are committed, so the answer must be 202 whatever fails here: a 5xx would tell the
+    client nothing was created, and a retry without an Idempotency-Key would create it all again.
+    A job left unpublished or unstamped is re-published by the sweeper after the grace period.
+    """
+    try:
+        run()
+    except Exception:  # logged here, once; the committed jobs are the sweeper's to recover
+        logger.exception("event=after_commit_failed step=%s", step)
+        with contextlib.suppress(Exception):
+            session.rollback()

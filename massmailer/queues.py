@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from kombu import Connection, Exchange, Queue
 
-from massmailer.retry import DELAY_TIERS_SECONDS
+from massmailer.delivery.retry import DELAY_TIERS_SECONDS
 
 MAX_PRIORITY = 9
 SEND_QUEUE = "emails"
 MAINTENANCE_QUEUE = "maintenance"
+WEBHOOKS_QUEUE = "webhooks"  # its own processes: a slow receiver never holds up sending
 
 send_exchange = Exchange("massmailer", type="direct", durable=True)
 delay_exchange = Exchange("massmailer.delay", type="direct", durable=True)
@@ -23,6 +24,7 @@ send_queue = Queue(
 maintenance_queue = Queue(
     MAINTENANCE_QUEUE, send_exchange, routing_key=MAINTENANCE_QUEUE, durable=True
 )
+webhooks_queue = Queue(WEBHOOKS_QUEUE, send_exchange, routing_key=WEBHOOKS_QUEUE, durable=True)
 
 
 def delay_queue_name(seconds: int) -> str:
@@ -47,7 +49,7 @@ def delay_queue(seconds: int) -> Queue:
 
 
 DELAY_QUEUES = tuple(delay_queue(s) for s in DELAY_TIERS_SECONDS)
-ALL_QUEUES = (send_queue, maintenance_queue, *DELAY_QUEUES)
+ALL_QUEUES = (send_queue, maintenance_queue, webhooks_queue, *DELAY_QUEUES)
 
 
 def declare_topology(connection: Connection) -> None:

@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session
 
 from massmailer import dispatch
 from massmailer.config import Settings
-from massmailer.delivery import ChunkReport, DeliveryService
+from massmailer.delivery.engine import ChunkReport, DeliveryService
+from massmailer.delivery.limits.factory import limits_for
+from massmailer.delivery.limits.interface import Limits
+from massmailer.delivery.providers.pool import PoolRegistry
+from massmailer.delivery.sender_threads import SenderThreads
 from massmailer.dispatch import Publisher
-from massmailer.limits.factory import limits_for
-from massmailer.limits.interface import Limits
-from massmailer.providers.pool import PoolRegistry
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Services:
     pools: PoolRegistry
     delivery: DeliveryService
     publisher: Publisher
+    senders: SenderThreads
 
 
 def deliver_chunk(
@@ -71,9 +73,10 @@ def build_services(
     """Wire delivery with Redis limits when REDIS_URL is set, in-process ones otherwise."""
     if limits is None:
         limits = make_limits(settings)
-    pools = PoolRegistry(slots=limits)
-    delivery = DeliveryService(settings, settings.providers, pools, limits)
-    return Services(settings, limits, pools, delivery, publisher)
+    pools = PoolRegistry(slots=limits, throttle_rules=settings.throttle_rules)
+    senders = SenderThreads(settings.sender_threads)
+    delivery = DeliveryService(settings, settings.providers, pools, limits, senders=senders)
+    return Services(settings, limits, pools, delivery, publisher, senders)
 
 
 def make_limits(settings: Settings) -> Limits:
@@ -86,5 +89,6 @@ def forget_all() -> None:
     with _lock:
         for (pid, _), services in _cache.items():
             if pid == os.getpid():
+                services.senders.shutdown()
                 services.pools.close_all()
         _cache.clear()

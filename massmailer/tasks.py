@@ -14,6 +14,7 @@ from massmailer.extensions import db
 from massmailer.outages import OUTAGE_ERRORS
 from massmailer.publisher import CeleryPublisher
 from massmailer.services import Services, deliver_chunk, services_for
+from massmailer.webhooks import store as webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +64,37 @@ def send_chunk(self, job_ids: list[int]) -> dict:
 def sweep() -> int:
     """Re-publish PENDING jobs the broker cannot be holding; release due scheduled jobs."""
     return sweeper.sweep(db.session, current_services())
+
+
+@shared_task(name="massmailer.webhooks_dispatch")
+def webhooks_dispatch() -> int:
+    """Announce completed batches, claim due webhook messages and publish one try for each."""
+    webhooks.enqueue_completed_batches(db.session)
+    settings = flask_app.extensions["massmailer.settings"]
+    token, ids = webhooks.claim_due(db.session, settings.webhook_max_in_flight)
+    for outbox_id in ids:
+        deliver_webhook.delay(outbox_id, token)
+    return len(ids)
+
+
+@shared_task(name="massmailer.deliver_webhook")
+def deliver_webhook(outbox_id: int, token: str) -> int:
+    """Try a claimed webhook message and, while its endpoint answers 2xx, its next ones.
+
+    Retries wait in PostgreSQL. Return how many messages were tried.
+    """
+    if type(outbox_id) is not int or not isinstance(token, str):
+        logger.error("event=bad_task_args args=%r", (outbox_id, token))
+        return 0
+    settings = flask_app.extensions["massmailer.settings"]
+    turn = webhooks.deliver_in_turn(
+        db.session,
+        outbox_id,
+        token,
+        allow_private=settings.webhook_allow_private,
+        max_in_flight=settings.webhook_max_in_flight,
+    )
+    if turn.handed_on is not None:
+        # If this publish fails, the claim's lease lapses and the next tick takes the message.
+        deliver_webhook.delay(turn.handed_on, token)
+    return sum(outcome is not None for outcome in turn.outcomes)

@@ -1,12 +1,14 @@
 """One-click unsubscribe (RFC 8058): signed links and the List-Unsubscribe headers.
 
 A token names the address and the job it was sent for, signed with the secret key. It does not
-expire: an unsubscribe link must keep working for as long as the message sits in a mailbox.
+expire: an unsubscribe link must keep working for as long as the message sits in a mailbox, so
+after a key rotation the previous keys (MASSMAILER_SECRET_KEY_PREVIOUS) still verify old links.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -32,9 +34,18 @@ class Unsubscribe:
 class UnsubscribeLinks:
     """Make and check unsubscribe tokens; build the headers of a marketing message."""
 
-    def __init__(self, secret_key: str, public_url: str, mailto: str | None = None) -> None:
+    def __init__(
+        self,
+        secret_key: str,
+        public_url: str,
+        mailto: str | None = None,
+        previous_keys: Sequence[str] = (),
+    ) -> None:
+        # itsdangerous signs with the last key of the list and verifies with any of them.
         self._serializer = URLSafeSerializer(
-            secret_key, salt=SALT, signer_kwargs={"digest_method": hashlib.sha256}
+            [*previous_keys, secret_key],
+            salt=SALT,
+            signer_kwargs={"digest_method": hashlib.sha256},
         )
         self._base = public_url.rstrip("/") + PATH
         self._mailto = mailto

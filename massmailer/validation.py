@@ -7,6 +7,7 @@ character, so client input can never start a header of its own (design invariant
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -275,6 +276,7 @@ def parse_email_request(
             raise ValidationError(
                 str(key)[:40], f"is not a known field (expected {', '.join(REQUEST_FIELDS)})"
             )
+    refuse_nulls(payload, OPTIONAL_FIELDS)
     to_name, to_addr = parse_address(_to_value(payload.get("to")), "to")
     from_name, from_addr = parse_address(_from_value(payload.get("from"), default_from), "from")
     if payload.get("subject") is None:
@@ -294,6 +296,17 @@ def parse_email_request(
         category=_category(payload.get("category")),
         send_at=parse_send_at(payload.get("send_at")),
     )
+
+
+# Optional fields: left out, each takes its default; the OpenAPI document gives none of them null.
+OPTIONAL_FIELDS = ("from", "text", "html", "priority", "headers", "category", "send_at")
+
+
+def refuse_nulls(payload: dict, fields: Iterable[str], prefix: str = "") -> None:
+    """Refuse an optional field given as null, as the document does (leave it out instead)."""
+    for name in fields:
+        if name in payload and payload[name] is None:
+            raise ValidationError(prefix + name, "must not be null; leave it out for the default")
 
 
 def _to_value(value: object) -> object:

@@ -6,12 +6,21 @@ import logging
 import os
 
 from celery import Celery, Task
-from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutting_down,
+)
 from flask import Flask
 
 from massmailer import logs
 from massmailer.config import OpsSettings
+from massmailer.delivery import shutdown
 from massmailer.queues import declare_topology
+from massmailer.resources import celery_config
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +35,10 @@ def celery_init_app(app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     celery_app = Celery(app.name, task_cls=FlaskTask, include=["massmailer.tasks"])
-    celery_app.config_from_object("celeryconfig")
+    celery_app.config_from_object(celery_config())  # the top-level celeryconfig.py
     celery_app.conf.broker_url = settings.broker_url
     celery_app.conf.beat_schedule["sweep"]["schedule"] = settings.sweep_interval_seconds
+    celery_app.conf.beat_schedule["webhooks"]["schedule"] = settings.webhook_dispatch_seconds
     celery_app.conf.task_time_limit = settings.task_time_limit_seconds
     celery_app.conf.task_soft_time_limit = settings.soft_time_limit_seconds
     celery_app.set_default()
@@ -40,8 +50,37 @@ def celery_init_app(app: Flask) -> Celery:
         logger.info("event=topology_declared")
 
     worker_init.connect(declare_on_start, weak=False)
+    _connect_shutdown_hooks()
     _connect_ops_hooks(settings.ops)
     return celery_app
+
+
+def _connect_shutdown_hooks() -> None:
+    """SIGTERM lets sends in flight finish, in every pool child, whoever received it."""
+    pool_child = [False]
+
+    def in_child(**_: object) -> None:
+        pool_child[0] = True
+        shutdown.mark_pool_child()
+
+    def before_task(**_: object) -> None:
+        shutdown.install_in_pool_child(pool_child[0])
+
+    def forward(sender: object = None, **_: object) -> None:
+        # The parent's warm shutdown waits for running tasks; tell them to hurry.
+        import billiard.process
+
+        shutdown.STOPPING.set()  # the threads and solo pools send in this very process
+        shutdown.forward_to_children([c.pid for c in billiard.process.active_children()])
+
+    worker_process_init.connect(in_child, weak=False, dispatch_uid="massmailer.pool_child")
+    task_prerun.connect(before_task, weak=False, dispatch_uid="massmailer.sigterm_child")
+    worker_shutting_down.connect(forward, weak=False, dispatch_uid="massmailer.sigterm_forward")
+
+
+def exporter_allowed(ops: OpsSettings) -> bool:
+    """Whether the worker host's /metrics may be served: with a token, or declared public."""
+    return bool(ops.metrics_token) or ops.metrics_public
 
 
 def _connect_ops_hooks(ops: OpsSettings) -> None:
@@ -53,7 +92,13 @@ def _connect_ops_hooks(ops: OpsSettings) -> None:
         if ops.metrics_multiproc_dir:
             # Before the pool forks: children write their counters there from the first send.
             os.makedirs(ops.metrics_multiproc_dir, exist_ok=True)
-        if ops.worker_metrics_port:
+        if ops.worker_metrics_port and not exporter_allowed(ops):
+            # Like the web's /metrics: closed until a token is set (or it is declared public).
+            logger.warning(
+                "event=worker_metrics_disabled reason=MASSMAILER_METRICS_TOKEN_unset port=%d",
+                ops.worker_metrics_port,
+            )
+        elif ops.worker_metrics_port:
             from massmailer.metrics.exporter import start_exporter
 
             start_exporter(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from flask_migrate import upgrade
 from sqlalchemy import text
@@ -13,6 +15,9 @@ from massmailer.extensions import db
 from massmailer.queues import ALL_QUEUES
 from massmailer.testing.smtp_server import FaultSMTPServer
 from tests import infra
+
+# Where PostgreSQL, RabbitMQ and Redis come from (the machine's, throwaway ones, or compose).
+pytest_plugins = ["tests.harness.plugin"]
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +44,14 @@ def broker_url(run_id):
 @pytest.fixture(scope="session")
 def redis_prefix(run_id):
     prefix = f"mmtest:{run_id}:"
+    yield prefix
+    infra.delete_redis_prefix(prefix)
+
+
+@pytest.fixture
+def prefix():
+    """Redis keys of this test alone: limits, slots and breakers built on it share nothing."""
+    prefix = f"mmtest:{uuid.uuid4().hex}:"
     yield prefix
     infra.delete_redis_prefix(prefix)
 
@@ -109,8 +122,8 @@ def app(settings, broker_url, redis_prefix):
 def _clean(broker_url: str, redis_prefix: str) -> None:
     db.session.execute(
         text(
-            "TRUNCATE email_attempts, email_jobs, batches, idempotency_keys, api_keys,"
-            " suppressions RESTART IDENTITY CASCADE"
+            "TRUNCATE email_attempts, email_events, email_jobs, batches, idempotency_keys,"
+            " api_keys, suppressions RESTART IDENTITY CASCADE"
         )
     )
     db.session.commit()
@@ -131,3 +144,19 @@ def api_key(app) -> str:
 @pytest.fixture
 def auth(api_key) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture
+def receiver_script() -> list[int]:
+    """The HTTP statuses the webhook receiver answers first (then 200); modules override it."""
+    return []
+
+
+@pytest.fixture
+def receiver(receiver_script):
+    """A local HTTP server that records every webhook request (tests.processes.Receiver)."""
+    from tests.processes import Receiver
+
+    server = Receiver(script=receiver_script)
+    yield server
+    server.close()

@@ -1,30 +1,46 @@
 """Test infrastructure: a throwaway PostgreSQL database, RabbitMQ vhost and Redis prefix per run,
-and real Celery worker processes."""
+and real Celery worker processes.
+
+Where PostgreSQL, RabbitMQ and Redis are comes from tests/harness (the machine's own servers if
+usable, else throwaway ones, else docker compose), chosen on first use: `services()`.
+`PG_ADMIN_DSN`, `RABBIT_HOST` and `REDIS_URL` are still attributes of this module, resolved then.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg2
 import redis
 from kombu import Connection
 
+from tests.harness.choose import services
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN_DSN = os.environ.get(
-    "MASSMAILER_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-RABBIT_HOST = "127.0.0.1:5672"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 OUTPUT_DIR = ROOT / "test-output"
+
+
+def __getattr__(name: str) -> str:
+    """Resolve the service addresses on first use, not at import (choosing may start servers)."""
+    if name == "PG_ADMIN_DSN":
+        return services().postgres.url
+    if name == "RABBIT_HOST":
+        return urlsplit(services().rabbitmq.url).netloc.rsplit("@", 1)[-1]
+    if name == "REDIS_URL":
+        return services().redis.url
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_id() -> str:
@@ -32,16 +48,17 @@ def run_id() -> str:
 
 
 def create_database(name: str) -> str:
-    conn = psycopg2.connect(PG_ADMIN_DSN)
+    admin_dsn = services().postgres.url
+    conn = psycopg2.connect(admin_dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
-    return PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    return admin_dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
 def drop_database(name: str) -> None:
-    conn = psycopg2.connect(PG_ADMIN_DSN)
+    conn = psycopg2.connect(services().postgres.url)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(
@@ -52,17 +69,57 @@ def drop_database(name: str) -> None:
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    """rabbitmqctl against the run's broker (the harness's node, or the machine's)."""
+    services().rabbitmq.ctl(*args)
 
 
 def create_vhost(name: str) -> str:
+    amqp = urlsplit(services().rabbitmq.url)
     rabbitmqctl("add_vhost", name)
-    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    return f"amqp://guest:guest@{RABBIT_HOST}/{name}"
+    rabbitmqctl("set_permissions", "-p", name, amqp.username or "guest", ".*", ".*", ".*")
+    return f"{amqp.scheme}://{amqp.netloc}/{name}"
 
 
 def delete_vhost(name: str) -> None:
     rabbitmqctl("delete_vhost", name)
+
+
+@dataclass(frozen=True)
+class Throwaway:
+    """One run's own database, RabbitMQ vhost and Redis key prefix."""
+
+    run: str
+    database_url: str
+    broker_url: str
+    redis_prefix: str
+
+    def service_env(self, providers: list[dict], **extra: str) -> dict[str, str]:
+        """The environment a web or worker process of this run gets."""
+        return service_env(
+            database_url=self.database_url,
+            broker_url=self.broker_url,
+            redis_prefix=self.redis_prefix,
+            providers=providers,
+            **extra,
+        )
+
+
+@contextmanager
+def throwaway_services(kind: str = "mmbench") -> Iterator[Throwaway]:
+    """Create a database and a vhost named `<kind>_<run id>`, and use that name as the Redis key
+    prefix; remove all three when the block ends, however it ends."""
+    run = run_id()
+    name = f"{kind}_{run}"
+    database_url = create_database(name)
+    try:
+        broker_url = create_vhost(name)
+        try:
+            yield Throwaway(run, database_url, broker_url, f"{name}:")
+        finally:
+            delete_vhost(name)
+            delete_redis_prefix(f"{name}:")
+    finally:
+        drop_database(name)
 
 
 def purge_queues(broker_url: str, names: list[str]) -> None:
@@ -81,11 +138,15 @@ def queue_depth(broker_url: str, name: str) -> int:
 
 
 def delete_redis_prefix(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(services().redis.url)
     keys = list(client.scan_iter(f"{prefix}*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
+
+
+# Service processes refuse to start without a signing key; each test run makes its own.
+TEST_SECRET_KEY = secrets.token_urlsafe(32)
 
 
 def service_env(
@@ -96,11 +157,14 @@ def service_env(
     env.update(
         DATABASE_URL=database_url,
         BROKER_URL=broker_url,
-        REDIS_URL=REDIS_URL,
+        REDIS_URL=services().redis.url,
         MASSMAILER_REDIS_PREFIX=redis_prefix,
         MASSMAILER_PROVIDERS=json.dumps(providers),
         MASSMAILER_DEFAULT_FROM="MassMailer Tests <sender@massmailer.test>",
         MASSMAILER_BOUNCE_ADDRESS="bounces@massmailer.test",
+        MASSMAILER_SECRET_KEY=TEST_SECRET_KEY,
+        # /metrics is closed without a token in production; the ops tests scrape it open.
+        MASSMAILER_METRICS_PUBLIC="true",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)

@@ -47,3 +47,41 @@ def test_a_duplicate_name_or_unknown_key_is_a_clear_error(app, env):
 
     assert again.returncode != 0 and "already exists" in again.stderr
     assert unknown.returncode != 0 and "no active key named 'nobody'" in unknown.stderr
+
+
+def test_a_key_can_be_created_with_scopes_sender_domains_and_quotas(app, client, env):
+    from massmailer.extensions import db
+    from massmailer.models import ApiKey
+
+    created = flask(
+        env,
+        "api-key",
+        "create",
+        "reader",
+        "--scope",
+        "read",
+        "--scope",
+        "suppressions",
+        "--sender-domain",
+        "Shop.Example",
+        "--rate",
+        "5",
+        "--recipients-per-day",
+        "1000",
+    )
+
+    assert created.returncode == 0, created.stderr
+    headers = {"Authorization": f"Bearer {created.stdout.strip().splitlines()[-1]}"}
+    payload = {"to": "a@example.com", "subject": "s", "text": "t"}
+    assert client.post("/v1/emails", json=payload, headers=headers).status_code == 403
+    assert client.get("/v1/suppressions", headers=headers).status_code == 200
+    db.session.expire_all()
+    key = db.session.query(ApiKey).filter_by(name="reader").one()
+    assert (key.scopes, key.sender_domains) == ("read suppressions", ["shop.example"])
+    assert (key.rate_per_second, key.recipients_per_day) == (5.0, 1000)
+
+
+def test_an_unknown_scope_is_refused_by_the_command(app, env):
+    refused = flask(env, "api-key", "create", "x", "--scope", "root")
+
+    assert refused.returncode != 0 and "root" in refused.stderr

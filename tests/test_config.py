@@ -9,10 +9,15 @@ import sys
 import pytest
 
 from massmailer.config import ConfigError, load_settings, normalize_database_url
-from massmailer.providers.base import TlsMode
+from massmailer.delivery.providers.base import TlsMode
 from tests.infra import ROOT
 
-BASE = {"DATABASE_URL": "postgresql://db/mm", "BROKER_URL": "amqp://guest:guest@mq//"}
+KEY = "k" * 32
+BASE = {
+    "DATABASE_URL": "postgresql://db/mm",
+    "BROKER_URL": "amqp://guest:guest@mq//",
+    "MASSMAILER_SECRET_KEY": KEY,
+}
 
 
 def settings_with(**env):
@@ -32,7 +37,7 @@ def test_database_urls_are_pointed_at_psycopg2(url, expected):
     assert normalize_database_url(url) == expected
 
 
-@pytest.mark.parametrize("missing", ["DATABASE_URL", "BROKER_URL"])
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "BROKER_URL", "MASSMAILER_SECRET_KEY"])
 def test_a_service_process_without_its_urls_refuses_naming_the_setting(missing):
     env = {k: v for k, v in BASE.items() if k != missing}
 
@@ -41,7 +46,13 @@ def test_a_service_process_without_its_urls_refuses_naming_the_setting(missing):
 
 
 def test_cloudamqp_url_is_read_when_broker_url_is_unset():
-    settings = load_settings({"DATABASE_URL": "postgres://h/d", "CLOUDAMQP_URL": "amqps://x@y/v"})
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgres://h/d",
+            "CLOUDAMQP_URL": "amqps://x@y/v",
+            "MASSMAILER_SECRET_KEY": KEY,
+        }
+    )
 
     assert settings.broker_url == "amqps://x@y/v"
     assert settings.database_url == "postgresql+psycopg2://h/d"
@@ -119,7 +130,15 @@ def test_a_malformed_provider_entry_stops_start_up_naming_it(entries, message):
         ("MASSMAILER_CHUNK_SIZE", "1.5"),
         ("MASSMAILER_DEFAULT_FROM", "not an address"),
         ("MASSMAILER_BOUNCE_ADDRESS", "Bounces <b@example.com>"),
-        ("MASSMAILER_LEASE_SECONDS", "100"),
+        ("MASSMAILER_LEASE_SECONDS", "1000"),
+        ("BOUNCE_SMTP_PORT", "70000"),
+        ("BOUNCE_SMTP_PORT", "smtp"),
+        ("MASSMAILER_INBOUND_TOKEN", "short"),
+        ("MASSMAILER_FEEDBACK_ADDRESS", "FBL <fbl@example.com>"),
+        ("MASSMAILER_BOUNCE_RATE_PER_SECOND", "0"),
+        ("MASSMAILER_SNS_TOPIC_ARNS", "arn:aws:sqs:eu-west-1:123456789012:not-a-topic"),
+        ("MASSMAILER_SENDGRID_WEBHOOK_PUBLIC_KEY", "bm90IGEga2V5"),
+        ("MASSMAILER_PROVIDER_WEBHOOK_MAX_AGE_SECONDS", "5"),
     ],
 )
 def test_a_malformed_setting_names_the_variable(name, value):
@@ -132,6 +151,32 @@ def test_the_bounce_address_defaults_to_the_default_sender():
 
     assert settings.bounce_address == "news@example.com"
     assert settings.message_id_domain == "example.com"
+
+
+def test_the_inbound_settings_have_defaults_and_the_token_stays_out_of_repr():
+    token = "t" * 40
+    settings = settings_with(MASSMAILER_INBOUND_TOKEN=token)
+
+    assert (settings.bounce_smtp_port, settings.bounce_max_bytes) == (2525, 2_000_000)
+    assert settings.inbound_retention_days == 30
+    assert settings.inbound_token == token and token not in repr(settings)
+
+
+def test_provider_webhooks_are_off_until_configured_and_the_mailgun_key_stays_out_of_repr():
+    assert settings_with().sns_topic_arns == ()
+    key = "mailgun-" + "k" * 30
+    settings = settings_with(
+        MASSMAILER_SNS_TOPIC_ARNS="arn:aws:sns:eu-west-1:123456789012:a, "
+        "arn:aws-cn:sns:cn-north-1:123456789012:b",
+        MASSMAILER_MAILGUN_SIGNING_KEY=key,
+    )
+
+    assert settings.sns_topic_arns == (
+        "arn:aws:sns:eu-west-1:123456789012:a",
+        "arn:aws-cn:sns:cn-north-1:123456789012:b",
+    )
+    assert settings.provider_webhook_max_age == 300
+    assert settings.mailgun_signing_key == key and key not in repr(settings)
 
 
 def test_the_web_entry_point_refuses_to_start_without_database_url():

@@ -10,8 +10,8 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from massmailer.delivery.limits import RedisLimits
 from massmailer.extensions import db
-from massmailer.limits import RedisLimits
 from massmailer.models import EmailAttempt, EmailJob, Suppression
 from massmailer.testing.smtp_server import FaultSMTPServer, Rule
 from tests import infra
@@ -52,7 +52,14 @@ def wait_final(ids, timeout, statuses=("SENT", "FAILED")):
 
 
 def attempts_of(ids) -> list[EmailAttempt]:
-    return db.session.scalars(select(EmailAttempt).where(EmailAttempt.job_id.in_(ids))).all()
+    # Attempts of one job are written by different threads and processes, so only their numbers
+    # give their order.
+    query = (
+        select(EmailAttempt)
+        .where(EmailAttempt.job_id.in_(ids))
+        .order_by(EmailAttempt.job_id, EmailAttempt.attempt_no, EmailAttempt.id)
+    )
+    return db.session.scalars(query).all()
 
 
 def two_providers(env, a: dict, b: dict) -> dict:
@@ -156,6 +163,7 @@ def test_auth_failures_open_the_breaker_and_the_other_provider_carries_the_load(
                 "port": locked.port,
                 "username": "user",
                 "password": "wrong-secret",
+                "allow_plaintext_auth": True,  # a test relay on loopback
                 "weight": 10,
             },
             provider_entry("good", smtp_server),

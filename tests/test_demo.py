@@ -18,8 +18,9 @@ from massmailer.demo import database
 from massmailer.demo.progress import render
 from massmailer.demo.runner import demo_settings
 from massmailer.demo.table_queue import TableQueue
-from massmailer.demo.traffic import plan
+from massmailer.demo.traffic import plan, recipients
 from massmailer.extensions import db
+from massmailer.jobstore import LEASE_GRACE_SECONDS
 from massmailer.models import EmailJob, Status
 from massmailer.models.types import utcnow
 from massmailer.testing.smtp_server import FaultSMTPServer, Rule
@@ -31,7 +32,7 @@ DEMO_TIMEOUT = 90  # the demo gives up after 60 s (its retries alone wait 10 s)
 
 def unknown_readers(count: int) -> int:
     """How many of the demo's recipients every provider refuses (550 5.1.1)."""
-    return sum("nobody" in body["to"] for body in plan(count, high_share=0.1))
+    return sum("nobody" in to for to in recipients(plan(count, high_share=0.1)))
 
 
 def newcomer_env() -> dict[str, str]:
@@ -74,7 +75,6 @@ def runs(tmp_path_factory):
         rules=[Rule("RCPT", 550, match="nobody"), Rule("DATA", 451, probability=0.3)], seed=7
     )
     with steady, flaky:
-        # Two senders, so that intake (~400/s here) surely outruns delivery and a backlog builds.
         own = start_demo(root / "own", "--count", "400", "--workers", "2")
         kept = root / "kept.sqlite3"
         ours = start_demo(
@@ -169,8 +169,15 @@ def test_demo_keeps_the_sqlite_file_given_with_db(runs):
             "SELECT status, count(*) FROM email_jobs GROUP BY status ORDER BY status"
         ).fetchall()
         [version] = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        events = connection.execute(
+            "SELECT type, count(DISTINCT job_id) FROM email_events GROUP BY type"
+        ).fetchall()
     bounced = unknown_readers(150)
     assert dict(rows) == {"FAILED": bounced, "SENT": 150 - bounced}
+    # SQLite logs events too: a row trigger for accepted, the outcome flush for the rest.
+    jobs_by_event = dict(events)
+    assert (jobs_by_event["accepted"], jobs_by_event["sent"]) == (150, 150 - bounced)
+    assert jobs_by_event["failed"] == bounced
     assert version  # built by the migrations
 
 
@@ -253,11 +260,12 @@ def test_table_queue_skips_jobs_not_yet_due_or_claimed(demo_db):
     add_job(demo_db, 2, 5, send_at=later)
     add_job(demo_db, 3, 5, claim_token="t" * 32, lease_until=later)
     add_job(demo_db, 4, 5, status=Status.SENT)
-    expired = add_job(demo_db, 5, 5, claim_token="u" * 32, lease_until=utcnow())
+    lapsed = utcnow() - timedelta(seconds=LEASE_GRACE_SECONDS)
+    expired = add_job(demo_db, 5, 5, claim_token="u" * 32, lease_until=lapsed)
     due = add_job(demo_db, 6, 1)
     queue = TableQueue(chunk_size=10)
 
-    assert queue.take(demo_db) == [expired]  # a claim whose lease ran out is free again
+    assert queue.take(demo_db) == [expired]  # a claim whose lease ran out (and its grace) is free
     assert queue.take(demo_db) == [due]
     assert queue.take(demo_db) == []
 

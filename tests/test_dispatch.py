@@ -11,10 +11,10 @@ from massmailer.jobstore import Dispatch
 @pytest.mark.parametrize(
     ("count", "size", "expected"),
     [
-        (1, 200, 10),  # a group smaller than MIN_CHUNK stays one chunk
-        (100, 200, 10),  # small groups spread over many slots, ten at least per chunk
-        (2000, 200, 63),
-        (6400, 200, 200),
+        (1, 200, 25),  # a group smaller than MIN_CHUNK stays one chunk
+        (100, 200, 25),  # small groups spread over the fleet's slots, 25 at least per chunk
+        (400, 200, 50),
+        (1600, 200, 200),
         (10_000, 200, 200),  # large groups get full chunks
         (100, 4, 4),  # never more than the configured size
     ],
@@ -24,7 +24,7 @@ def test_chunk_length_spreads_small_groups_and_fills_large_ones(count, size, exp
 
 
 def test_chunks_hold_one_priority_each_highest_first_and_cover_every_job():
-    jobs = [Dispatch(i, priority=i % 3, seq=0) for i in range(1, 61)]
+    jobs = [Dispatch(i, priority=i % 3, seq=0) for i in range(1, 181)]
 
     cut = list(chunks(jobs, size=200))
 
@@ -32,5 +32,5 @@ def test_chunks_hold_one_priority_each_highest_first_and_cover_every_job():
     assert [chunk[0].priority for chunk in cut] == sorted(
         (chunk[0].priority for chunk in cut), reverse=True
     )
-    assert sorted(d.job_id for chunk in cut for d in chunk) == list(range(1, 61))
-    assert max(len(chunk) for chunk in cut) == 10
+    assert sorted(d.job_id for chunk in cut for d in chunk) == list(range(1, 181))
+    assert max(len(chunk) for chunk in cut) == 25  # 60 per priority: chunks of 25, 25 and 10

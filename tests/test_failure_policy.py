@@ -7,8 +7,8 @@ import random
 import pytest
 
 from massmailer.config import load_settings
-from massmailer.failure_policy import FailNow, RetryLater, after_failure
-from massmailer.providers.base import FailureKind, SendError
+from massmailer.delivery.failure_policy import FailNow, RetryLater, after_failure
+from massmailer.delivery.providers.base import FailureKind, SendError
 
 SETTINGS = load_settings(
     {"MASSMAILER_MAX_ATTEMPTS": "4", "MASSMAILER_BACKOFF_BASE_SECONDS": "10"},
@@ -62,3 +62,36 @@ def test_running_out_of_attempts_says_so_and_keeps_the_last_error():
     decision = after_failure(error, "ses", 4, SETTINGS, random.Random(1))
 
     assert decision.reason.startswith("max attempts reached; last: transient: ses: 451 4.7.1")
+
+
+@pytest.mark.parametrize("attempts_after", [1, 4, 40])
+def test_a_message_never_sent_comes_back_soon_and_uncharged_whatever_its_attempts(
+    attempts_after,
+):
+    error = SendError(FailureKind.NOT_SENT, "connection dropped before its data")
+
+    decision = after_failure(error, "ses", attempts_after, SETTINGS, random.Random(1))
+
+    assert isinstance(decision, RetryLater)
+    assert decision.charge is False and decision.possible_duplicate is False
+    assert decision.tier_seconds == min(SETTINGS.retry_tiers_seconds)
+
+
+def test_an_unknown_outcome_is_retried_charged_and_flagged_as_a_possible_duplicate():
+    error = SendError(FailureKind.UNKNOWN_OUTCOME, "no reply to the final dot")
+
+    retried = after_failure(error, "ses", 1, SETTINGS, random.Random(1))
+    exhausted = after_failure(error, "ses", 4, SETTINGS, random.Random(1))
+
+    assert isinstance(retried, RetryLater)
+    assert retried.charge is True and retried.possible_duplicate is True
+    assert retried.reason.startswith("unknown_outcome: ses:")
+    assert isinstance(exhausted, FailNow) and exhausted.possible_duplicate is True
+
+
+def test_ordinary_failures_are_charged_and_not_flagged():
+    decision = after_failure(
+        SendError(FailureKind.TRANSIENT, "later", 451, "4.3.0"), "a", 1, SETTINGS, random.Random(1)
+    )
+
+    assert decision.charge is True and decision.possible_duplicate is False

@@ -10,6 +10,7 @@ import pytest
 from massmailer import create_app
 from massmailer.config import load_settings
 from massmailer.extensions import db
+from tests import infra
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +61,15 @@ def test_readyz_names_redis_when_it_is_unreachable(env):
 @pytest.mark.parametrize(
     "bad_broker_url",
     [
-        "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+        "{broker}/no-such-vhost",  # the run's broker (tests/harness), a vhost it does not have
         "amqp://guest:guest@127.0.0.1:{closed}//",
     ],
     ids=["missing-vhost", "closed-port"],
 )
 def test_readyz_names_rabbitmq_when_it_is_unreachable(env, bad_broker_url):
-    response, took = readyz(env, BROKER_URL=bad_broker_url.format(closed=closed_port()))
+    broker = infra.services().rabbitmq.url.rstrip("/")
+    url = bad_broker_url.format(closed=closed_port(), broker=broker)
+    response, took = readyz(env, BROKER_URL=url)
 
     assert response.status_code == 503
     body = response.get_json()

@@ -11,11 +11,17 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from massmailer.limits import Limits, MemoryLimits, RedisLimits, burst_for
-from massmailer.limits.policy import gcra, gcra_headroom, seconds_to_next_utc_day, utc_day
-from massmailer.providers.base import ProviderConfig
+from massmailer.delivery.limits import Limits, MemoryLimits, RedisLimits, burst_for
+from massmailer.delivery.limits.policy import (
+    gcra,
+    gcra_headroom,
+    gcra_reserve,
+    seconds_to_next_utc_day,
+    utc_day,
+)
+from massmailer.delivery.providers.base import ProviderConfig
+from tests import infra
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed clock for tests that pass `now`
 
 MakeLimits = Callable[..., Limits]
@@ -52,6 +58,22 @@ def test_gcra_table(tat, now, rate, admitted, wait):
 
 
 @pytest.mark.parametrize(
+    ("tat", "now", "rate", "horizon", "reserved"),
+    [
+        pytest.param(0.0, 100.0, 10, 0.0, (100.1, 0.0), id="idle: now"),
+        pytest.param(100.1, 100.0, 10, 0.5, (100.2, 0.1), id="burst 1 used: one interval"),
+        pytest.param(100.1, 100.0, 10, 0.05, None, id="beyond the horizon: nothing"),
+        pytest.param(100.08, 100.0, 50, 0.0, (100.1, 0.0), id="burst 5, four used: now"),
+        pytest.param(101.0, 100.0, 50, 1.0, (101.02, 0.92), id="booked 1 s ahead: 0.92 s"),
+        pytest.param(99.0, 100.0, 50, 0.0, (100.02, 0.0), id="an old tat counts as now"),
+    ],
+)
+def test_gcra_reserve_table(tat, now, rate, horizon, reserved):
+    got = gcra_reserve(tat, now, rate, horizon)
+    assert got == (None if reserved is None else pytest.approx(reserved))
+
+
+@pytest.mark.parametrize(
     ("tat", "now", "rate", "headroom"),
     [(0.0, 100.0, 50, 5), (100.02, 100.0, 50, 4), (100.1, 100.0, 50, 0), (0.0, 100.0, 1, 1)],
 )
@@ -72,7 +94,7 @@ def test_days_are_utc_dates():
 def prefix() -> Iterator[str]:
     prefix = f"mmtest:{uuid.uuid4().hex}:"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(infra.REDIS_URL)
     keys = list(client.scan_iter(match=f"{prefix}*"))
     if keys:
         client.delete(*keys)
@@ -88,7 +110,7 @@ def make_limits(request, prefix) -> Iterator[MakeLimits]:
     def make(**settings) -> Limits:
         if request.param == "memory":
             return memory.setdefault("shared", MemoryLimits(**settings))
-        clients.append(redis.Redis.from_url(REDIS_URL, socket_timeout=5))
+        clients.append(redis.Redis.from_url(infra.REDIS_URL, socket_timeout=5))
         return RedisLimits(clients[-1], prefix=prefix, **settings)
 
     yield make
@@ -130,24 +152,21 @@ def test_gcra_admits_the_burst_then_asks_to_wait_one_interval(make_limits):
 
 
 def test_gcra_admits_the_rate_over_seconds_and_refuses_beyond(make_limits):
+    # A clock of our own, stepping 5 ms at a time: a loaded machine cannot stall a poll loop here.
     limits, relay = make_limits(), provider(rate_per_second=40)
-    seconds, admitted = 2.0, 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        wait = limits.try_acquire_rate(relay)
-        if wait == 0.0:
-            admitted += 1
-        else:
-            time.sleep(min(wait, 0.005))
+    steps = [T0 + i * 0.005 for i in range(400)]  # 2 s
+    admitted = sum(
+        1 for now in steps for _ in range(3) if limits.try_acquire_rate(relay, now=now) == 0.0
+    )
     burst = burst_for(40)
-    assert 40 * seconds * 0.9 <= admitted <= 40 * seconds + burst + 1
-    beyond = [limits.try_acquire_rate(relay) for _ in range(20)]
-    assert beyond.count(0.0) <= 1  # the loop left no burst; at most one interval refilled
+    assert 40 * 2 <= admitted <= 40 * 2 + burst
+    last = steps[-1]
+    assert [limits.try_acquire_rate(relay, now=last) for _ in range(20)].count(0.0) == 0
 
 
 def _hammer(prefix: str, relay: ProviderConfig, seconds: float, start, results) -> None:
     """Take sends from one provider as fast as allowed for `seconds`; report how many (a child)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    client = redis.Redis.from_url(infra.REDIS_URL, socket_timeout=5)
     limits = RedisLimits(client, prefix=prefix)
     start.wait()
     admitted, deadline = 0, time.monotonic() + seconds
@@ -193,6 +212,118 @@ def test_rate_refusal_spends_nothing_of_the_daily_cap(make_limits):
     assert limits.try_acquire_rate(relay, now=T0) == pytest.approx(1.0)
     assert limits.try_acquire_rate(relay, now=T0 + 1) == 0.0
     assert limits.try_acquire_rate(relay, now=T0 + 2) == pytest.approx(6398.0)
+
+
+# ---- reservations --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "horizon", "waits"),
+    [
+        pytest.param({"rate_per_second": 25}, 0.11, [0, 0, 0.02, 0.06, 0.10, None], id="25/s"),
+        pytest.param({"rate_per_second": 50}, 0.0, [0] * 5 + [None], id="burst 5, now only"),
+        pytest.param({"rate_per_second": 1}, 2.5, [0, 1, 2, None], id="1/s, 2.5 s ahead"),
+        pytest.param({}, 0.0, [0] * 5, id="no limit"),
+        pytest.param({"rate_per_day": 2}, 0.0, [0] * 5, id="daily only: counted at send"),
+    ],
+)
+def test_reservations_take_successive_slots_up_to_the_horizon(make_limits, limits, horizon, waits):
+    store, relay = make_limits(), provider(**limits)
+    taken = [store.reserve_rate(relay, horizon, now=T0) for _ in waits]
+    assert taken == [w if w is None else pytest.approx(w, abs=1e-5) for w in waits]
+
+
+@pytest.mark.parametrize(
+    ("limits", "horizon", "count", "waits"),
+    [
+        pytest.param({"rate_per_second": 25}, 0.11, 8, [0, 0, 0.02, 0.06, 0.10], id="25/s"),
+        pytest.param({"rate_per_second": 1}, 2.5, 2, [0, 1], id="fewer asked than fit"),
+        pytest.param({}, 0.0, 3, [0] * 3, id="no limit"),
+    ],
+)
+def test_many_slots_at_once_are_the_slots_one_by_one(make_limits, limits, horizon, count, waits):
+    store, relay = make_limits(), provider(**limits)
+    assert store.reserve_rate_many(relay, horizon, count, now=T0) == [
+        pytest.approx(w, abs=1e-5) for w in waits
+    ]
+    # The schedule moved past them all: the next single slot comes after the last one.
+    one = make_limits().reserve_rate(relay, horizon + 1, now=T0)
+    if limits:
+        assert one == pytest.approx(waits[-1] + 1 / limits["rate_per_second"], abs=1e-5)
+
+
+def test_many_slots_take_nothing_once_the_daily_cap_is_spent(make_limits):
+    store, relay = make_limits(), provider(rate_per_second=100, rate_per_day=1)
+    assert store.take_daily(relay, now=T0) == 0.0
+    assert store.reserve_rate_many(relay, 1.0, 5, now=T0) == []
+
+
+def test_reservers_racing_get_the_schedule_in_some_order(make_limits):
+    handles, relay = [make_limits() for _ in range(8)], provider(rate_per_second=25)
+    waits = run_together([lambda h=h: h.reserve_rate(relay, 0.2, now=T0) for h in handles])
+    # Burst 2.5: two at once, then one every 40 ms from 20 ms on; 0.22 s is past the horizon.
+    expected = [0, 0, 0.02, 0.06, 0.10, 0.14, 0.18, None]
+    assert sorted(waits, key=lambda w: 9 if w is None else w) == [
+        w if w is None else pytest.approx(w, abs=1e-5) for w in expected
+    ]
+
+
+def test_a_refused_reservation_takes_nothing(make_limits):
+    store, relay = make_limits(), provider(rate_per_second=1)
+    assert store.reserve_rate(relay, 0.5, now=T0) == 0.0
+    assert [store.reserve_rate(relay, 0.5, now=T0) for _ in range(10)] == [None] * 10
+    assert store.capacity_wait(relay, now=T0) == pytest.approx(1.0, abs=1e-5)
+    # Had the refusals advanced the schedule, this slot would be ten seconds off, not 0.4 s.
+    assert store.reserve_rate(relay, 0.5, now=T0 + 0.6) == pytest.approx(0.4, abs=1e-5)
+
+
+def test_reservations_use_the_store_clock_when_none_is_given(make_limits):
+    store, relay = make_limits(), provider(rate_per_second=10)
+    assert store.reserve_rate(relay, 1.0) == 0.0
+    assert 0 < store.reserve_rate(relay, 1.0) <= 0.1  # one interval after the first, less any stall
+    time.sleep(0.25)
+    assert store.reserve_rate(relay, 1.0) == 0.0
+
+
+def test_the_daily_count_is_taken_only_by_take_daily(make_limits):
+    store, relay = make_limits(), provider(rate_per_second=100, rate_per_day=3)
+    assert all(store.reserve_rate(relay, 1.0) is not None for _ in range(20))
+    assert store.snapshot([relay])["relay"]["daily_remaining"] == 3
+    assert [store.take_daily(relay) for _ in range(3)] == [0.0] * 3
+    assert store.snapshot([relay])["relay"]["daily_remaining"] == 0
+    to_midnight = seconds_to_next_utc_day(time.time())
+    assert store.take_daily(relay) == pytest.approx(to_midnight, abs=2)
+    # A spent daily cap refuses reservations and says how long until midnight (UTC).
+    assert store.reserve_rate(relay, 1.0) is None
+    assert store.capacity_wait(relay) == pytest.approx(to_midnight, abs=2)
+
+
+def test_take_daily_counts_up_to_the_cap_per_utc_day(make_limits):
+    store, relay = make_limits(), provider(rate_per_day=2)
+    assert [store.take_daily(relay, now=T0 + i) for i in range(3)] == [0.0, 0.0, 6398.0]
+    assert store.take_daily(relay, now=19676 * 86400.0) == 0.0
+
+
+def test_take_daily_without_a_cap_counts_nothing(make_limits):
+    store, relay = make_limits(), provider(rate_per_second=5)
+    assert [store.take_daily(relay) for _ in range(50)] == [0.0] * 50
+    assert store.snapshot([relay])["relay"]["rate_headroom"] == 1  # the rate is untouched
+
+
+def test_breaker_wait_is_the_remaining_cooldown_and_takes_no_probe(make_limits):
+    store = make_limits(**{**BREAKER, "cooldown_seconds": 0.6})
+    assert store.breaker_wait("relay") == 0.0
+    before = time.monotonic()
+    open_breaker(store)
+    wait = store.breaker_wait("relay")
+    elapsed = time.monotonic() - before
+    assert max(0.0, 0.6 - elapsed) - 0.01 <= wait <= 0.6
+    time.sleep(0.65)
+    assert store.breaker_state("relay") == "half_open"
+    assert store.breaker_wait("relay") == 0.0
+    assert store.breaker_wait("relay") == 0.0
+    assert store.allow_request("relay") is True  # the probe was still there to take
+    assert store.allow_request("relay") is False
 
 
 # ---- connections ---------------------------------------------------------------------------

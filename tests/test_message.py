@@ -13,8 +13,8 @@ from email.parser import BytesParser
 
 import pytest
 
-from massmailer import message
-from massmailer.message import OutgoingMessage, build_message, make_message_id, verp_sender
+from massmailer.delivery import message
+from massmailer.delivery.message import OutgoingMessage, build_message, make_message_id, verp_sender
 from massmailer.validation import parse_headers
 
 WHEN = datetime(2026, 12, 1, 10, 0, 0, tzinfo=timezone(timedelta(hours=9)))

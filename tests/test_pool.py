@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from massmailer.providers.base import FailureKind, ProviderConfig, SendError
-from massmailer.providers.pool import PoolRegistry, PoolTimeout, SessionPool
+from massmailer.delivery.providers.base import FailureKind, ProviderConfig, SendError
+from massmailer.delivery.providers.pool import PoolRegistry, PoolTimeout, SessionPool
 from massmailer.testing.smtp_server import FaultSMTPServer, Rule
 
 SENDER = "bounces@mailer.example.com"

@@ -1,12 +1,14 @@
 """Nothing accepted is lost: kill the worker, lose a publish, restart the broker and the database.
 
-These tests stop real processes and services. Leases, time limits and the sweep interval are
-shortened through the environment so recovery happens in seconds instead of minutes.
+These tests stop real processes and services. The kill test runs with the production lease and
+sweep interval and checks the recovery bound (lease + grace + sweep + start-up, within 120 s);
+the others shorten them through the environment so recovery happens in seconds.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +18,8 @@ from sqlalchemy import select
 from massmailer import create_app
 from massmailer.config import load_settings
 from massmailer.extensions import db
+from massmailer.jobstore import LEASE_GRACE_SECONDS
 from massmailer.models import EmailJob
-from massmailer.outcomes import FLUSH_EVERY_SECONDS
 from massmailer.queues import SEND_QUEUE
 from massmailer.testing.smtp_server import FaultSMTPServer
 from tests import infra
@@ -38,7 +40,7 @@ def smtp_server():
 def fast_recovery_env(env):
     return {
         **env,
-        "MASSMAILER_LEASE_SECONDS": "20",
+        "MASSMAILER_LEASE_SECONDS": "10",
         "MASSMAILER_TASK_TIME_LIMIT_SECONDS": "15",
         "MASSMAILER_SWEEP_INTERVAL_SECONDS": "1",
         "MASSMAILER_PUBLISH_GRACE_SECONDS": "2",
@@ -70,35 +72,50 @@ def wait_all_sent(job_ids, timeout):
     )
 
 
+# Production's lease (45 s), its grace (15 s) and sweep interval (30 s), plus start-up.
+RECOVERY_BOUND_SECONDS = 120
+
+
 def test_a_worker_killed_mid_chunk_loses_nothing_and_resends_little(
-    client, auth, app, fast_recovery_env, smtp_server
+    client, auth, app, env, smtp_server
 ):
+    settings = load_settings(env)
+    assert (settings.lease_seconds, settings.sweep_interval_seconds) == (45, 30.0), "defaults"
     job_ids = post_many(client, auth, 40)
     # Re-publish as two chunks of 20, as a batch would be, so the kill lands inside a chunk.
-    infra.purge_queues(fast_recovery_env["BROKER_URL"], [SEND_QUEUE])
+    infra.purge_queues(env["BROKER_URL"], [SEND_QUEUE])
     publisher = app.extensions["massmailer.publisher"]
     publisher.publish(job_ids[:20], 0)
     publisher.publish(job_ids[20:], 0)
 
-    worker = infra.WorkerProcess(fast_recovery_env, concurrency=2, beat=True).start()
+    worker = infra.WorkerProcess(env, concurrency=2, beat=True).start()
     try:
         infra.wait_until(lambda: smtp_server.message_count >= 8, 30, message="8 messages sent")
     finally:
         worker.kill_hard()
+    recorded_at_kill = statuses(job_ids)["SENT"]
+    time.sleep(0.5)  # a message whose last bytes left before the kill is counted by now
     sent_before_kill = smtp_server.message_count
-    assert statuses(job_ids)["SENT"] < 40, "the kill must land before the work is done"
+    assert recorded_at_kill < 40, "the kill must land before the work is done"
 
-    with infra.running_worker(fast_recovery_env, concurrency=2, beat=True):
-        wait_all_sent(job_ids, timeout=90)
+    restarted = time.monotonic()
+    with infra.running_worker(env, concurrency=2, beat=True):
+        wait_all_sent(job_ids, timeout=RECOVERY_BOUND_SECONDS + 30)
+    settled = time.monotonic() - restarted
 
     received = Counter(m.rcpt_tos[0] for m in smtp_server.messages)
     assert set(received) == {f"r{i}@example.com" for i in range(40)}
     duplicates = sum(received.values()) - 40
-    print(f"sent before the kill: {sent_before_kill}, sent twice: {duplicates}")
-    # The double-send window is what was sent but not yet recorded when the kill landed: at most
-    # one flush interval of sends per slot (a message takes ~5 reply latencies).
-    per_slot = FLUSH_EVERY_SECONDS / (5 * REPLY_LATENCY) + 1
-    assert duplicates <= 2 * per_slot, (duplicates, sent_before_kill)
+    print(
+        f"sent before the kill: {sent_before_kill}, sent twice: {duplicates},"
+        f" settled {settled:.0f} s after the restart (lease {settings.lease_seconds} s"
+        f" + grace {LEASE_GRACE_SECONDS:.0f} s + sweep {settings.sweep_interval_seconds:.0f} s)"
+    )
+    assert settled <= RECOVERY_BOUND_SECONDS
+    # The double-send window is what the server had taken but the database had not recorded as
+    # SENT when the kill landed (a chunk's sends run at once, flushed every second): only those.
+    in_flight_at_kill = sent_before_kill - recorded_at_kill
+    assert duplicates <= in_flight_at_kill, (duplicates, sent_before_kill, recorded_at_kill)
 
 
 def test_a_publish_that_never_reached_the_broker_is_recovered_by_the_sweeper(
@@ -171,12 +188,20 @@ def test_jobs_survive_a_database_restart_mid_run(client, auth, fast_recovery_env
 
 
 def restart_rabbitmq() -> None:
+    own = infra.services().rabbitmq.instance
+    if own is not None:  # the broker the harness started for this run, never the machine's
+        own.restart()
+        return
     subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
     subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
     subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)
 
 
 def restart_postgresql() -> None:
+    own = infra.services().postgres.instance
+    if own is not None:  # the database server the harness started for this run
+        own.restart()
+        return
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],

@@ -4,11 +4,13 @@ import random
 
 import pytest
 
-from massmailer.providers.base import FailureKind
-from massmailer.retry import (
+from massmailer.delivery.providers.base import FailureKind
+from massmailer.delivery.retry import (
     DELAY_TIERS_SECONDS,
     backoff_delay,
+    charges_attempt,
     classify,
+    may_have_delivered,
     parse_enhanced,
     pick_tier,
 )
@@ -191,3 +193,21 @@ def test_pick_tier_needs_tiers():
 
 def test_default_tiers_match_the_design():
     assert DELAY_TIERS_SECONDS == (10, 60, 300, 1800, 7200)
+
+
+@pytest.mark.parametrize(
+    ("kind", "charged", "may_duplicate"),
+    [
+        (FailureKind.NOT_SENT, False, False),
+        (FailureKind.UNKNOWN_OUTCOME, True, True),
+        (FailureKind.TRANSIENT, True, False),
+        (FailureKind.PERMANENT_RECIPIENT, True, False),
+        (FailureKind.PROVIDER_FAULT, True, False),
+        (FailureKind.BAD_DATA, True, False),
+    ],
+)
+def test_only_an_unsent_try_is_free_and_only_an_unknown_outcome_may_duplicate(
+    kind, charged, may_duplicate
+):
+    assert charges_attempt(kind) is charged
+    assert may_have_delivered(kind) is may_duplicate

@@ -97,7 +97,7 @@ def test_the_sweep_releases_a_scheduled_job_as_soon_as_it_is_due_without_the_gra
     )
     db.session.commit()
 
-    taken = jobstore.take_lost(db.session, utcnow(), timedelta(seconds=GRACE_SECONDS), 100)
+    taken = jobstore.take_lost(db.session, timedelta(seconds=GRACE_SECONDS), 100)
 
     assert [d.job_id for d in taken] == [due_id], f"job {later_id} is not due yet"
 

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from massmailer.providers.base import ProviderConfig
-from massmailer.selection import choose_provider
+from massmailer.delivery.providers.base import ProviderConfig
+from massmailer.delivery.selection import choose_provider
 
 
 def provider(name: str, weight: int = 1) -> ProviderConfig:

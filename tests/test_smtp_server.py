@@ -320,3 +320,45 @@ def test_command_line_serves_until_sigterm() -> None:
 
         assert 0 < delivered < 20
         assert f"accepted {delivered} messages on 1 connections" in process.stderr.read()
+
+
+# -- PIPELINING (RFC 2920) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_pipelining_is_advertised_only_when_asked(pipelining: bool) -> None:
+    with FaultSMTPServer(pipelining=pipelining) as srv, connect(srv) as client:
+        client.ehlo()
+        assert client.has_extn("pipelining") is pipelining
+
+
+def _read_replies(reader, count: int) -> list[str]:
+    replies = []
+    while len(replies) < count:
+        line = reader.readline().decode().rstrip("\r\n")
+        if line[3:4] != "-":  # the last line of a (multiline) reply
+            replies.append(line)
+    return replies
+
+
+def test_pipelined_commands_and_a_chained_envelope_are_answered_in_order() -> None:
+    def envelope(rcpt: str) -> bytes:
+        return f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode()
+
+    body = b"Subject: one\r\n\r\nfirst\r\n.\r\n"
+    with FaultSMTPServer(rules=[Rule("RCPT", 550, match="gone")]) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(b"EHLO client.test\r\n")
+            sock.sendall(envelope("b@rcpt.test"))  # one write: MAIL, RCPT, DATA
+            first = _read_replies(reader, 5)
+            sock.sendall(body + envelope("gone@rcpt.test"))  # the next envelope behind the dot
+            second = _read_replies(reader, 4)
+            sock.sendall(b"RSET\r\nQUIT\r\n")
+            last = _read_replies(reader, 2)
+        messages = srv.messages
+
+    assert [r[:3] for r in first] == ["220", "250", "250", "250", "354"]
+    assert [r[:3] for r in second] == ["250", "250", "550", "503"]
+    assert [r[:3] for r in last] == ["250", "221"]
+    assert [(m.rcpt_tos, m.message()["Subject"]) for m in messages] == [(["b@rcpt.test"], "one")]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from massmailer.templates import (
     MAX_VALUE_CHARS,
+    TemplateBudgetError,
     TemplateError,
     TemplateSource,
     compile_template,
@@ -168,3 +171,86 @@ def test_variables_lists_the_names_a_part_uses():
     assert compiled.variables("subject") == {"a"}
     assert compiled.variables("text") == {"items", "b"}
     assert compiled.variables("html") == set()
+
+
+# --- the render budget, enforced inside the render ------------------------------------------
+
+BUDGET_BOMBS = [
+    "{% set a = 'xxxxxxxxxx' %}" + "{% set a = a ~ a %}" * 30 + "{{ a|length }}",
+    "{% set a = 'xxxxxxxxxx' %}" + "{% set a = a + a %}" * 30 + "{{ a|length }}",
+    "{% set a = ['x'] %}" + "{% set a = a + a %}" * 30 + "{{ a|length }}",
+    "{% for a in xs %}{% for b in xs %}{{ '' }}{% endfor %}{% endfor %}",
+    "{% for a in xs %}{% for b in xs if b < 0 %}{% endfor %}{% endfor %}",
+    "{% for a in xs %}{% for b in xs %}{% set c = a %}{% endfor %}{% endfor %}",
+    "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+    "{% set x %}{{ 'y' * 100000 }}{% endset %}"
+    + "{% set x %}{{ x }}{{ x }}{% endset %}" * 20
+    + "{{ x|length }}",
+    "{% set s = 'x' * 100000 %}{{ ([s] * 100000)|join }}",
+    "{% set s = 'x' * 100000 %}{{ [s] * 100000 }}",
+    "{% set s = 'x' * 100000 %}{{ ([s] * 100000)|string|length }}",
+    "{% set s = 'x' * 100000 %}{{ (([s] * 100000) ~ '')|length }}",
+    "{{ xs|join('-' * 100000) }}",
+    "{% set a = 'ab' * 50000 %}" + "{% set b = a|upper %}" * 200,
+    "{% set s = 'x ' * 50000 %}{% for i in xs %}{% set p = s.split() %}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("template", BUDGET_BOMBS)
+def test_a_template_over_its_budget_is_stopped_inside_the_render_within_a_second(template):
+    started = time.process_time()
+    with pytest.raises(TemplateBudgetError) as caught:
+        render(text=template, xs=list(range(3000)))
+    cpu = time.process_time() - started
+
+    assert caught.value.part == "text"
+    assert caught.value.message.startswith("too costly to render")
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ '%999999999s' % 'x' }}",
+        "{% set a = 10 ** 64 %}{{ a ** 64 ** 64 }}",
+        "{% set a = 10 ** 60 %}" + "{% set a = a * a %}" * 20,
+        "{{ ([[1] * 1000] * 1000)|sum(start=[]) }}",
+        "{{ items|sum(attribute='x') }}",
+    ],
+)
+def test_amplifiers_outside_the_sandbox_operators_are_refused(template):
+    with pytest.raises(TemplateError, match="not allowed"):
+        render(text=template, items=[{"x": 1}])
+
+
+def test_a_recursive_loop_is_refused_when_compiled():
+    with pytest.raises(TemplateError, match="recursive loops are not allowed"):
+        compile_template(TemplateSource("", "{% for x in xs recursive %}{% endfor %}", None))
+
+
+def test_ordinary_templates_stay_well_inside_the_budget():
+    rendered = render(
+        "{{ name|title }}",
+        "{% for i in items %}{{ loop.index }}. {{ i.name ~ ' x' ~ i.qty }} = {{ i.qty * 2 }}\n"
+        "{% endfor %}{{ items|map(attribute='name')|join(', ') }} {{ [1, 2]|sum }} {{ 7 % 3 }}",
+        "{% macro row(i) %}<li>{{ i.name }}</li>{% endmacro %}"
+        "<ul>{% for i in items %}{{ row(i) }}{% endfor %}</ul>{{ name ~ '<b>' }}",
+        name="ann <b>",
+        items=[{"name": f"item{n}", "qty": n} for n in range(3000)],
+    )
+
+    assert rendered.subject == "Ann <B>"
+    assert rendered.text.startswith("1. item0 x0 = 0\n2. item1 x1 = 2\n")
+    assert rendered.text.endswith("item2998, item2999 3 1")
+    assert rendered.html.count("<li>") == 3000
+    assert rendered.html.endswith("ann &lt;b&gt;&lt;b&gt;")
+
+
+def test_each_render_starts_with_a_fresh_budget():
+    compiled = compile_template(
+        TemplateSource("", "{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}", None)
+    )
+
+    # 400 x 400 steps fits once; a budget carried over would refuse the later renders.
+    for _ in range(5):
+        assert compiled.render({"xs": list(range(400))}).text == ""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, request
 
-from massmailer import batches
-from massmailer.api.emails import idempotency_for, json_body, respond
+from massmailer import batches, intake
+from massmailer.api.auth import check_sender, requires_scope, take_recipients
+from massmailer.api.body import integral_numbers, json_body
+from massmailer.api.emails import idempotency_for, respond
 from massmailer.api.errors import error_response
 from massmailer.extensions import db
 from massmailer.models.types import utcnow
@@ -14,11 +16,13 @@ bp = Blueprint("batches", __name__)
 
 
 @bp.post("/batches")
+@requires_scope("send")
 def create_batch():
     settings = current_app.extensions["massmailer.settings"]
     # A batch body is far larger than a single email's; allow it on this route only.
     request.max_content_length = settings.max_batch_bytes
     payload = json_body()
+    integral_numbers(payload, "priority")
     guard = idempotency_for(payload, settings)
     earlier = guard.earlier()
     if earlier is not None:
@@ -29,7 +33,9 @@ def create_batch():
         max_body_bytes=settings.max_body_bytes,
         max_recipients=settings.max_batch_recipients,
     )
+    check_sender(batch.from_addr)
     screened = batches.screen(db.session, batch, settings=settings)
+    take_recipients(len(screened.accepted))
 
     def create():
         stored = batches.store(
@@ -40,12 +46,17 @@ def create_batch():
     response, stored = guard.run(create)
     if stored is not None:
         publisher = current_app.extensions["massmailer.publisher"]
-        batches.publish(db.session, publisher, stored, chunk_size=settings.chunk_size)
-        batches.refresh_statistics(db.session, stored)
+        intake.after_commit(
+            db.session,
+            "publish",
+            lambda: batches.publish(db.session, publisher, stored, chunk_size=settings.chunk_size),
+        )
+        # No ANALYZE here: the sweep refreshes email_jobs' statistics (batches/statistics.py).
     return respond(response)
 
 
 @bp.get("/batches/<int:batch_id>")
+@requires_scope("read")
 def get_batch(batch_id: int):
     batch = batches.own_batch(db.session, batch_id, g.api_key.id)
     if batch is None:
@@ -54,6 +65,7 @@ def get_batch(batch_id: int):
 
 
 @bp.post("/batches/<int:batch_id>/cancel")
+@requires_scope("send")
 def cancel_batch(batch_id: int):
     batch = batches.own_batch(db.session, batch_id, g.api_key.id)
     if batch is None:

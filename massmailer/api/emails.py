@@ -6,25 +6,21 @@ from flask import Blueprint, current_app, g, request
 from sqlalchemy import select
 
 from massmailer import intake, jobstore
+from massmailer.api.auth import check_sender, requires_scope, take_recipients
+from massmailer.api.body import integral_numbers, json_body
 from massmailer.api.errors import error_response
 from massmailer.api.serialize import job_json
 from massmailer.extensions import db
 from massmailer.idempotency import Idempotency, StoredResponse, fingerprint, parse_key
-from massmailer.models import EmailAttempt, EmailJob
+from massmailer.models import EmailAttempt, EmailEvent, EmailJob, InboundReport, ReportState
 from massmailer.models.types import utcnow
-from massmailer.validation import ValidationError, parse_email_request
+from massmailer.validation import parse_email_request
+
+BOUNCE_KINDS = ("hard_bounce", "bounce", "complaint", "delayed")
 
 bp = Blueprint("emails", __name__)
 
-
-def json_body() -> object:
-    """The request's JSON document, or a 400 naming the body."""
-    payload = request.get_json(silent=True)
-    if payload is None:
-        raise ValidationError(
-            "body", "the request body must be JSON (Content-Type: application/json)"
-        )
-    return payload
+EVENTS_SHOWN = 100  # a job retried many times keeps its latest events in view
 
 
 def idempotency_for(payload: object, settings) -> Idempotency:
@@ -46,9 +42,11 @@ def respond(stored: StoredResponse):
 
 
 @bp.post("/emails")
+@requires_scope("send")
 def create_email():
     settings = current_app.extensions["massmailer.settings"]
     payload = json_body()
+    integral_numbers(payload, "priority")
     guard = idempotency_for(payload, settings)
     earlier = guard.earlier()
     if earlier is not None:
@@ -56,6 +54,8 @@ def create_email():
     email = parse_email_request(
         payload, default_from=settings.default_from, max_body_bytes=settings.max_body_bytes
     )
+    check_sender(email.from_addr)
+    take_recipients(1)
 
     def create():
         job = intake.store(db.session, email, api_key_id=g.api_key.id, settings=settings)
@@ -63,7 +63,10 @@ def create_email():
 
     response, job = guard.run(create)
     if job is not None:
-        intake.publish(db.session, current_app.extensions["massmailer.publisher"], job)
+        publisher = current_app.extensions["massmailer.publisher"]
+        intake.after_commit(
+            db.session, "publish", lambda: intake.publish(db.session, publisher, job)
+        )
     return respond(response)
 
 
@@ -74,6 +77,7 @@ def _own_job(job_id: int) -> EmailJob | None:
 
 
 @bp.get("/emails/<int:job_id>")
+@requires_scope("read")
 def get_email(job_id: int):
     job = _own_job(job_id)
     if job is None:
@@ -81,10 +85,35 @@ def get_email(job_id: int):
     attempts = db.session.scalars(
         select(EmailAttempt).where(EmailAttempt.job_id == job_id).order_by(EmailAttempt.id)
     ).all()
-    return job_json(job, list(attempts))
+    return job_json(job, list(attempts), _last_events(job_id), _latest_bounce(job_id))
+
+
+def _last_events(job_id: int) -> list[EmailEvent]:
+    """The job's last EVENTS_SHOWN events, oldest first."""
+    newest = db.session.scalars(
+        select(EmailEvent)
+        .where(EmailEvent.job_id == job_id)
+        .order_by(EmailEvent.at.desc(), EmailEvent.id.desc())
+        .limit(EVENTS_SHOWN)
+    ).all()
+    return list(reversed(newest))
+
+
+def _latest_bounce(job_id: int) -> InboundReport | None:
+    return db.session.scalar(
+        select(InboundReport)
+        .where(
+            InboundReport.job_id == job_id,
+            InboundReport.state == ReportState.APPLIED,
+            InboundReport.kind.in_(BOUNCE_KINDS),
+        )
+        .order_by(InboundReport.id.desc())
+        .limit(1)
+    )
 
 
 @bp.post("/emails/<int:job_id>/cancel")
+@requires_scope("send")
 def cancel_email(job_id: int):
     job = _own_job(job_id)
     if job is None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from massmailer.models import EmailAttempt, EmailJob
+from massmailer.models import EmailAttempt, EmailEvent, EmailJob, InboundReport
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -12,8 +13,13 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_json(job: EmailJob, attempts: list[EmailAttempt]) -> dict:
-    """The public view of one job, with its attempt history."""
+def job_json(
+    job: EmailJob,
+    attempts: list[EmailAttempt],
+    events: Sequence[EmailEvent] = (),
+    bounce: InboundReport | None = None,
+) -> dict:
+    """The public view of one job: its attempts, its events (oldest first), its latest bounce."""
     return {
         "id": job.job_id,
         "status": job.status,
@@ -33,6 +39,30 @@ def job_json(job: EmailJob, attempts: list[EmailAttempt]) -> dict:
         "next_attempt_at": rfc3339(job.next_attempt_at) if job.status == "PENDING" else None,
         "sent_at": rfc3339(job.sent_at),
         "history": [attempt_json(a) for a in attempts],
+        "events": [event_json(e) for e in events],
+        "bounce": bounce_json(bounce) if bounce is not None else None,
+    }
+
+
+def event_json(event: EmailEvent) -> dict:
+    """One event as the API shows it."""
+    return {
+        "type": event.type,
+        "at": rfc3339(event.at),
+        "provider": event.provider,
+        "smtp_code": event.smtp_code,
+        "enhanced_code": event.enhanced_code,
+        "detail": event.detail,
+    }
+
+
+def bounce_json(report: InboundReport) -> dict:
+    """The latest report applied to a job: bounce, complaint or delay."""
+    return {
+        "type": report.kind,
+        "status": report.status_code,
+        "diagnostic": report.diagnostic,
+        "at": rfc3339(report.received_at),
     }
 
 

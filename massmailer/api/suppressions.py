@@ -1,17 +1,18 @@
 """/v1/suppressions: list (paginated), look up, add and remove suppressed addresses.
 
 The list is global, not per API key: an address that bounced or unsubscribed is not mailed by
-any client of this service, which sends under one identity. Every key can therefore read and
-change the whole list.
+any client of this service, which sends under one identity. Only keys with the `suppressions`
+scope may read or change it, and every change goes to the audit log with the key.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 from sqlalchemy import delete, select
 
-from massmailer import suppressions
-from massmailer.api.emails import json_body
+from massmailer import audit, suppressions
+from massmailer.api.auth import requires_scope
+from massmailer.api.body import json_body
 from massmailer.api.errors import error_response
 from massmailer.api.serialize import rfc3339
 from massmailer.extensions import db
@@ -21,7 +22,7 @@ from massmailer.validation import ValidationError, check_header_text, parse_addr
 
 bp = Blueprint("suppressions", __name__)
 
-REASONS = ("hard_bounce", "unsubscribe", "manual")
+REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_DETAIL = 1000
@@ -38,6 +39,7 @@ def suppression_json(row: Suppression) -> dict:
 
 
 @bp.get("/suppressions")
+@requires_scope("suppressions", query=("limit", "after", "reason"))
 def list_suppressions():
     """Addresses in order; pass the answer's `next` as `after` for the following page."""
     limit = _limit(request.args.get("limit"))
@@ -55,6 +57,7 @@ def list_suppressions():
 
 
 @bp.get("/suppressions/<path:email>")
+@requires_scope("suppressions")
 def get_suppression(email: str):
     row = db.session.get(Suppression, email.lower())
     if row is None:
@@ -63,6 +66,7 @@ def get_suppression(email: str):
 
 
 @bp.post("/suppressions")
+@requires_scope("suppressions")
 def add_suppression():
     """Suppress an address (reason manual unless given); an existing entry keeps its reason."""
     payload = json_body()
@@ -78,17 +82,22 @@ def add_suppression():
         detail = check_header_text(detail, "detail", MAX_DETAIL)
     existed = db.session.get(Suppression, address.lower()) is not None
     suppressions.add_many(db.session, [(address, reason, detail)], utcnow())
+    if not existed:
+        audit.record(db.session, "suppression.add", address.lower(), key=g.api_key, detail=reason)
     db.session.commit()
     row = db.session.get(Suppression, address.lower())
     return suppression_json(row), 200 if existed else 201
 
 
 @bp.delete("/suppressions/<path:email>")
+@requires_scope("suppressions")
 def remove_suppression(email: str):
     result = db.session.execute(delete(Suppression).where(Suppression.email == email.lower()))
-    db.session.commit()
     if result.rowcount == 0:
+        db.session.rollback()
         return error_response(404, f"{email} is not suppressed", "email")
+    audit.record(db.session, "suppression.remove", email.lower(), key=g.api_key)
+    db.session.commit()
     return "", 204
 
 

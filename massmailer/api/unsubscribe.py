@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 from markupsafe import escape
 
-from massmailer import suppressions
+from massmailer import audit, jobstore, suppressions
 from massmailer.extensions import db
 from massmailer.models.types import utcnow
 from massmailer.unsubscribe import BadToken, Unsubscribe, UnsubscribeLinks
@@ -54,6 +54,11 @@ def unsubscribe(token: str):
         return found
     detail = "one-click" if found.job_id is None else f"one-click; job {found.job_id}"
     suppressions.add_many(db.session, [(found.address, "unsubscribe", detail)], utcnow())
+    if found.job_id is not None:  # a token may name no job
+        jobstore.log_unsubscribed(db.session, found.job_id, found.address, "one-click")
+    audit.record(
+        db.session, "suppression.add", found.address, actor=audit.UNSUBSCRIBE_LINK, detail=detail
+    )
     db.session.commit()
     body = f"<p><strong>{escape(found.address)}</strong> will receive no more of these emails.</p>"
     return _page(200, "You are unsubscribed", body)
@@ -61,7 +66,9 @@ def unsubscribe(token: str):
 
 def _read(token: str) -> Unsubscribe | Response:
     settings = current_app.extensions["massmailer.settings"]
-    links = UnsubscribeLinks(settings.secret_key, settings.public_url)
+    links = UnsubscribeLinks(
+        settings.secret_key, settings.public_url, previous_keys=settings.previous_secret_keys
+    )
     try:
         return links.read(token)
     except BadToken:

@@ -1,9 +1,11 @@
 """Batches: one template, many recipients with their variables; one job per recipient.
 
-Intake parses the request and screens each recipient (intake.py); the batch and its jobs are
-stored with one multi-row INSERT in the caller's transaction and published in chunks after the
-commit (store.py). Delivery renders text and html again when it sends, from the batch's template
-(compiled once per process, cache.py) and the job's variables.
+Intake parses the request and screens each recipient (intake.py) against what the template needs,
+without rendering it (variables.py, subject.py, addresses.py); the batch and its jobs are stored
+in the caller's transaction, the jobs by COPY (copy.py), and published in chunks after the commit
+(store.py). Delivery renders text and html when it sends, from the batch's template (compiled
+once per process, cache.py) and the job's variables. The sweep keeps the table's statistics
+fresh (statistics.py).
 """
 
 from massmailer.batches.cache import BatchTemplates
@@ -18,7 +20,8 @@ from massmailer.batches.intake import (
     screen,
 )
 from massmailer.batches.progress import cancel, own_batch, progress
-from massmailer.batches.store import StoredBatch, publish, refresh_statistics, store
+from massmailer.batches.statistics import refresh_if_stale
+from massmailer.batches.store import StoredBatch, publish, store
 
 __all__ = [
     "UNSUBSCRIBE_VAR",
@@ -34,7 +37,7 @@ __all__ = [
     "parse_batch_request",
     "progress",
     "publish",
-    "refresh_statistics",
+    "refresh_if_stale",
     "screen",
     "store",
 ]

@@ -24,12 +24,23 @@ class BatchTemplates:
         self._cache: OrderedDict[int, CompiledTemplate | TemplateError] = OrderedDict()
         self._lock = threading.Lock()
 
-    def load(self, session: Session, batch_ids: Iterable[int | None]) -> None:
-        """Compile the templates of these batches that are not cached yet (one query)."""
+    def load(
+        self, session: Session, batch_ids: Iterable[int | None]
+    ) -> dict[int, CompiledTemplate | TemplateError]:
+        """Compile the templates of these batches that are not cached yet (one query).
+
+        Return every requested batch's template (or its compile error), so the caller can hold
+        them for as long as it needs them: the cache alone may evict them meanwhile.
+        """
+        wanted = {b for b in batch_ids if b is not None}
+        found: dict[int, CompiledTemplate | TemplateError] = {}
         with self._lock:
-            missing = {b for b in batch_ids if b is not None and b not in self._cache}
+            for batch_id in wanted & self._cache.keys():
+                found[batch_id] = self._cache[batch_id]
+                self._cache.move_to_end(batch_id)
+        missing = wanted - found.keys()
         if not missing:
-            return
+            return found
         rows = session.execute(
             select(
                 batches.c.id,
@@ -47,17 +58,15 @@ class BatchTemplates:
             except TemplateError as exc:  # validated at intake; kept so each job fails clearly
                 compiled = exc
             self._put(batch_id, compiled)
+            found[batch_id] = compiled
+        return found
 
-    def get(self, batch_id: int) -> CompiledTemplate:
-        """Return the compiled template; raise TemplateError if unknown or not compilable."""
+    def get(self, batch_id: int) -> CompiledTemplate | TemplateError | None:
+        """Return the cached template (or its compile error); None if not cached."""
         with self._lock:
             found = self._cache.get(batch_id)
             if found is not None:
                 self._cache.move_to_end(batch_id)
-        if found is None:
-            raise TemplateError("text", f"the template of batch {batch_id} is not available")
-        if isinstance(found, TemplateError):
-            raise found
         return found
 
     def _put(self, batch_id: int, compiled: CompiledTemplate | TemplateError) -> None:

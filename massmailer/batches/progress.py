@@ -64,15 +64,23 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def cancel(session: Session, batch: Batch, now: datetime) -> dict:
-    """Cancel every job of the batch nobody holds; report how many were in flight."""
+    """Cancel every job of the batch nobody holds; report how many were in flight.
+
+    The batch's cancelled_at is committed on its own first: from then on a worker handing a job
+    back (retry, release) sees it and cancels the job instead of dispatching it, and any job it
+    handed back before is unclaimed when the second statement cancels the batch's jobs. Only
+    then are the statistics read, outside the transactions that matter.
+    """
     session.execute(
         update(batches)
         .where(batches.c.id == batch.id, batches.c.cancelled_at.is_(None))
         .values(cancelled_at=now)
     )
-    cancelled, in_flight = jobstore.cancel_batch(session, batch.id, now)
-    counts = jobstore.batch_stats(session, batch.id, now).counts
     session.commit()
+    cancelled, in_flight = jobstore.cancel_batch(session, batch.id, now)
+    session.commit()
+    counts = jobstore.batch_stats(session, batch.id, now).counts
+    session.rollback()  # reads only: end the transaction
     return {
         "id": batch.id,
         "status": "CANCELLED",

@@ -1,27 +1,23 @@
-"""Store a screened batch with one multi-row INSERT, publish it after the commit."""
+"""Store a screened batch (its jobs by COPY), publish it after the commit."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from massmailer import dispatch
+from massmailer.batches.copy import copy_jobs
 from massmailer.batches.intake import BatchRequest, Recipient, Rejection, Screened
 from massmailer.config import Settings
+from massmailer.delivery.message import make_message_id
 from massmailer.jobstore import Dispatch
-from massmailer.message import make_message_id
 from massmailer.models import Batch, EmailJob, Status
 from massmailer.models.types import utcnow
 
 jobs = EmailJob.__table__
-
-# A load this large can leave the planner believing few jobs are PENDING, and then the claim
-# (job_id IN (...) AND status = 'PENDING') scans every pending row through the status index.
-ANALYZE_AFTER_JOBS = 1000
-ANALYZE_LOCK_KEY = 0x6D6D_616E_616C_7A  # "mm analz": one ANALYZE at a time; others skip theirs
 
 
 @dataclass(frozen=True)
@@ -31,6 +27,8 @@ class StoredBatch:
     priority: int
     send_at: datetime | None
     rejected: list[Rejection]
+    # Jobs copied stamped as enqueued, the batch row's unconfirmed_since standing for them.
+    marked: bool = False
 
     def response(self) -> dict:
         """The 202 body: the batch id, how many jobs were created, who was refused and why."""
@@ -65,14 +63,35 @@ def store(
         rejected=len(screened.rejected),
         created_at=now,
     )
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # Published right after the commit: mark the batch, not each job (migration 0008).
+    marked = postgres and bool(screened.accepted) and not _scheduled(request.send_at, now)
+    if marked:
+        batch.unconfirmed_since = now
     session.add(batch)
     session.flush()
-    rows = [_job_row(batch, r, settings.message_id_domain, now) for r in screened.accepted]
     job_ids: list[int] = []
-    if rows:
-        # One executemany: SQLAlchemy turns it into multi-row INSERT ... RETURNING statements.
-        job_ids = list(session.execute(insert(jobs).returning(jobs.c.job_id), rows).scalars())
-    return StoredBatch(batch.id, job_ids, request.priority, request.send_at, screened.rejected)
+    if screened.accepted:
+        if postgres:
+            domain = settings.message_id_domain
+            job_ids = copy_jobs(session, batch, screened.accepted, domain, now, enqueued=marked)
+        else:  # the embedded demo's SQLite: no COPY, no sequences
+            job_ids = _insert_jobs(session, batch, screened.accepted, settings, now)
+    return StoredBatch(
+        batch.id, job_ids, request.priority, request.send_at, screened.rejected, marked
+    )
+
+
+def _scheduled(send_at: datetime | None, now: datetime) -> bool:
+    return send_at is not None and send_at > now
+
+
+def _insert_jobs(
+    session: Session, batch: Batch, accepted: list[Recipient], settings: Settings, now: datetime
+) -> list[int]:
+    rows = [_job_row(batch, r, settings.message_id_domain, now) for r in accepted]
+    # One executemany: SQLAlchemy turns it into multi-row INSERT ... RETURNING statements.
+    return list(session.execute(insert(jobs).returning(jobs.c.job_id), rows).scalars())
 
 
 def _job_row(batch: Batch, recipient: Recipient, domain: str, now: datetime) -> dict:
@@ -103,18 +122,11 @@ def publish(
     session: Session, publisher: dispatch.Publisher, stored: StoredBatch, *, chunk_size: int
 ) -> int:
     """Publish a committed batch's jobs in chunks, unless it is scheduled later."""
-    if stored.send_at is not None and stored.send_at > utcnow():
-        return 0  # the jobs wait in PostgreSQL; the sweeper releases them when due
     dispatches = [Dispatch(job_id, stored.priority, 0) for job_id in stored.job_ids]
+    if stored.marked:
+        return dispatch.dispatch_marked(
+            session, publisher, dispatches, chunk_size=chunk_size, batch_id=stored.batch_id
+        )
+    if _scheduled(stored.send_at, utcnow()):
+        return 0  # the jobs wait in PostgreSQL; the sweeper releases them when due
     return dispatch.dispatch(session, publisher, dispatches, chunk_size=chunk_size)
-
-
-def refresh_statistics(session: Session, stored: StoredBatch) -> bool:
-    """ANALYZE email_jobs after a large batch so the claim keeps using the primary key."""
-    if len(stored.job_ids) < ANALYZE_AFTER_JOBS or session.get_bind().dialect.name != "postgresql":
-        return False
-    got = session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ANALYZE_LOCK_KEY})
-    if got:
-        session.execute(text("ANALYZE email_jobs"))
-    session.commit()
-    return bool(got)

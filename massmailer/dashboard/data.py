@@ -1,11 +1,13 @@
 """The dashboard's figures, read from PostgreSQL with queries the existing indexes serve.
 
 Sends per bucket and per provider use (status, updated_at): a final job's updated_at is the time
-it became final, and nothing changes it afterwards.
+it became final, and nothing changes it afterwards; their cost follows the sends of the last ten
+minutes, not the size of the table. Batch progress comes from job_counts (metrics/counts.py).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from datetime import datetime, timedelta
 
@@ -14,7 +16,9 @@ from sqlalchemy.orm import Session
 
 from massmailer import jobstore
 from massmailer.config import Settings
+from massmailer.delivery.warmup import describe, utc_date
 from massmailer.extensions import db
+from massmailer.metrics.counts import batch_counts
 from massmailer.metrics.state import OpsState
 from massmailer.models import Status
 
@@ -117,14 +121,7 @@ def batches_in_progress(session: Session, looked_at: int = BATCHES_LOOKED_AT) ->
     ).all()
     if not latest:
         return []
-    counts: dict[int, dict[str, int]] = {b: dict.fromkeys(map(str, Status), 0) for b, _ in latest}
-    rows = session.execute(
-        select(batch_id, jobs.c.status, func.count())
-        .where(batch_id.in_(list(counts)))
-        .group_by(batch_id, jobs.c.status)
-    )
-    for batch, status, count in rows:
-        counts[batch][status] = count
+    counts = batch_counts(session, [b for b, _ in latest])
     return [
         {"id": b, "created_at": created.isoformat(), "total": sum(counts[b].values()), **counts[b]}
         for b, created in latest
@@ -141,6 +138,9 @@ def _providers(settings: Settings, state: OpsState, sent: dict[str, int]) -> lis
             "health": health.get(p.name),  # None when the limits store could not be read
             "rate_per_second": p.rate_per_second,
             "weight": p.weight,
+            # The daily cap in force today: the warm-up's, else rate_per_day (None: no cap).
+            "daily_cap": p.daily_cap(),
+            "daily_cap_text": describe(p.warmup, p.daily_cap(), utc_date(time.time())),
         }
         for p in settings.providers
     ]

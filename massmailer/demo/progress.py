@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TextIO
 
-from massmailer.delivery import ChunkReport
+from massmailer.delivery.engine import ChunkReport
 
 BAR_WIDTH = 20
 TTY_INTERVAL_SECONDS = 0.2
@@ -21,9 +21,9 @@ class Tally:
         self._lock = threading.Lock()
         self.accepted = self.sent = self.failed = self.retries = 0
 
-    def accepted_one(self) -> None:
+    def accepted_some(self, count: int) -> None:
         with self._lock:
-            self.accepted += 1
+            self.accepted += count
 
     def add_report(self, report: ChunkReport) -> None:
         with self._lock:

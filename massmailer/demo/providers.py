@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from massmailer.providers.base import ProviderConfig
+from massmailer.delivery.providers.base import ProviderConfig
 from massmailer.testing.smtp_server import FaultSMTPServer, Rule
 
 LOOPBACK = "127.0.0.1"

@@ -12,7 +12,7 @@ def render_text(summary: Summary) -> str:
     """Return the summary as a few aligned lines."""
     s = summary
     lines = [
-        f"messages      {s.messages} accepted through POST /v1/emails",
+        f"messages      {s.messages} accepted through POST /v1/batches and /v1/emails",
         "status        " + "  ".join(f"{k} {v}" for k, v in s.status.items()),
         "sent by       " + _per_provider(s),
         f"retried       {s.retried_jobs} jobs met a temporary failure; {s.retried_then_sent} "

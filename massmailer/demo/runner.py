@@ -11,6 +11,7 @@ from flask import Flask
 
 from massmailer import apikeys, create_app
 from massmailer.config import Settings, load_settings
+from massmailer.delivery.providers.base import ProviderConfig
 from massmailer.demo import database
 from massmailer.demo.progress import ProgressBar, Tally
 from massmailer.demo.providers import (
@@ -24,7 +25,6 @@ from massmailer.demo.table_queue import TablePublisher, TableQueue
 from massmailer.demo.traffic import plan, post_all
 from massmailer.demo.workers import WorkerThreads
 from massmailer.extensions import db
-from massmailer.providers.base import ProviderConfig
 from massmailer.services import build_services
 
 # Small chunks keep a high-priority job's wait short: it goes out once a worker finishes its chunk.
@@ -96,15 +96,16 @@ def _run(
     workers = WorkerThreads(app, services, queue, options.workers, tally.add_report)
     progress = ProgressBar(options.count, tally, progress_stream)
 
-    def accepted() -> None:
-        tally.accepted_one()
+    def accepted(count: int) -> None:
+        tally.accepted_some(count)
         _stop_if_crashed(workers)  # rather than post thousands more that nobody will send
 
     started = time.monotonic()
     workers.start()
     progress.start()
     try:
-        post_all(app, api_key, plan(options.count, options.high_share), accepted)
+        requests = plan(options.count, options.high_share, settings.max_batch_recipients)
+        post_all(app, api_key, requests, accepted)
         _wait_until_finished(tally, options, workers, started)
         elapsed = time.monotonic() - started
     finally:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from massmailer.delivery import ChunkReport
+from massmailer.delivery.engine import ChunkReport
 from massmailer.demo.table_queue import TableQueue
 from massmailer.extensions import db
 from massmailer.services import Services, deliver_chunk

@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from massmailer.jobstore.core import jobs
+from massmailer.jobstore.core import BATCH_CANCELLED, jobs
+from massmailer.jobstore.events import update_logging
 from massmailer.models import Batch, Status
 
 
@@ -55,7 +56,7 @@ def cancel_batch(session: Session, batch_id: int, now: datetime) -> tuple[int, i
     In flight are the jobs still PENDING after the guarded UPDATE: claimed under a live lease
     when it ran. They may still be sent; nothing else of the batch will be.
     """
-    result = session.execute(
+    stmt = (
         update(jobs)
         .where(
             jobs.c.batch_id == batch_id,
@@ -64,12 +65,13 @@ def cancel_batch(session: Session, batch_id: int, now: datetime) -> tuple[int, i
         )
         .values(status=Status.CANCELLED, updated_at=now, last_error="cancelled")
     )
+    cancelled = update_logging(session, stmt, BATCH_CANCELLED, [jobs.c.job_id])
     in_flight = session.scalar(
         select(func.count())
         .select_from(jobs)
         .where(jobs.c.batch_id == batch_id, jobs.c.status == Status.PENDING)
     )
-    return result.rowcount, in_flight or 0
+    return len(cancelled), in_flight or 0
 
 
 def cancel_if_batch_cancelled(session: Session, job_ids: Sequence[int], now: datetime) -> set[int]:
@@ -82,7 +84,7 @@ def cancel_if_batch_cancelled(session: Session, job_ids: Sequence[int], now: dat
         return set()
     batches = Batch.__table__
     cancelled_batches = select(batches.c.id).where(batches.c.cancelled_at.is_not(None))
-    rows = session.execute(
+    stmt = (
         update(jobs)
         .where(
             jobs.c.job_id.in_(list(job_ids)),
@@ -91,6 +93,6 @@ def cancel_if_batch_cancelled(session: Session, job_ids: Sequence[int], now: dat
             jobs.c.batch_id.in_(cancelled_batches.scalar_subquery()),
         )
         .values(status=Status.CANCELLED, updated_at=now, last_error="cancelled")
-        .returning(jobs.c.job_id)
     )
+    rows = update_logging(session, stmt, BATCH_CANCELLED, [jobs.c.job_id])
     return {row[0] for row in rows}

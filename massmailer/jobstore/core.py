@@ -5,21 +5,40 @@ Never read a row, decide in Python, then write it back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from massmailer.models import EmailAttempt, EmailJob, Status
+from massmailer.jobstore.dbclock import db_now, db_shifted, dialect_name
+from massmailer.jobstore.events import event, update_logging
+from massmailer.jobstore.outcome_writes import RELEASE, OutcomeRow, write_outcomes
+from massmailer.models import Batch, EmailAttempt, EmailJob, EventType, Status
 
 jobs = EmailJob.__table__
 attempts_table = EmailAttempt.__table__
+batches = Batch.__table__
 
-# A delay-tier message can reach a worker a little before next_attempt_at on a host whose clock runs
-# behind; a small tolerance keeps such a message from being skipped and the job stranded.
+# A delay-tier message can come back a moment before next_attempt_at (its TTL starts at the
+# publish, the due time at the flush); a small tolerance spares such a job a detour via the sweeper.
 CLOCK_TOLERANCE = timedelta(seconds=2)
+# A lapsed claim stays untouchable this long: a live process that lost touch with the database
+# (its lease ran down, it stopped starting sends) can still flush what it sent when the database
+# answers, before the sweeper or another worker takes the job (a 250 always wins).
+LEASE_GRACE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -56,100 +75,151 @@ class Dispatch:
 _CLAIM_COLUMNS = [jobs.c[name] for name in ClaimedJob.__dataclass_fields__]
 
 
-def claimable(now: datetime, due: datetime) -> ColumnElement[bool]:
-    """PENDING, held by nobody (or by a lapsed lease), and due by `due`."""
+def claimable(
+    now: datetime | ColumnElement,
+    due: datetime | ColumnElement,
+    lapsed_before: datetime | ColumnElement | None = None,
+) -> ColumnElement[bool]:
+    """PENDING, held by nobody (or by a lease lapsed before lapsed_before), and due by `due`.
+
+    lapsed_before defaults to now minus the lease grace.
+    """
+    if lapsed_before is None:
+        assert isinstance(now, datetime), "pass lapsed_before with a database clock"
+        lapsed_before = now - timedelta(seconds=LEASE_GRACE_SECONDS)
     return and_(
         jobs.c.status == Status.PENDING,
-        or_(jobs.c.claim_token.is_(None), jobs.c.lease_until < now),
+        _free(lapsed_before),
+        _due(due),
+    )
+
+
+def _free(lapsed_before: datetime | ColumnElement) -> ColumnElement[bool]:
+    return or_(jobs.c.claim_token.is_(None), jobs.c.lease_until < lapsed_before)
+
+
+def _due(due: datetime | ColumnElement) -> ColumnElement[bool]:
+    return and_(
         or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= due),
         or_(jobs.c.send_at.is_(None), jobs.c.send_at <= due),
     )
 
 
+def _batch_cancelled() -> ColumnElement[bool]:
+    """The job belongs to a cancelled batch (a primary-key probe of batches per row)."""
+    return exists().where(batches.c.id == jobs.c.batch_id, batches.c.cancelled_at.is_not(None))
+
+
+def _batch_live() -> ColumnElement[bool]:
+    """No batch, or one not cancelled.
+
+    A correlated scalar subquery: one primary-key probe of batches per claimed row. (NOT EXISTS
+    becomes an anti-join that hashes every cancelled batch, a cost growing with their number.)
+    """
+    cancelled_at = select(batches.c.cancelled_at).where(batches.c.id == jobs.c.batch_id)
+    return cancelled_at.scalar_subquery().is_(None)
+
+
 def claim(
-    session: Session, job_ids: Sequence[int], token: str, now: datetime, lease: timedelta
+    session: Session, job_ids: Sequence[int], token: str, lease_seconds: float
 ) -> list[ClaimedJob]:
-    """Take the due, unclaimed PENDING jobs among job_ids under token; return only those taken."""
+    """Take the due, unclaimed PENDING jobs among job_ids under token; return only those taken.
+
+    One guarded UPDATE … RETURNING, timed by the database's clock: lease_until is its now plus
+    the lease. Among the jobs it could not take, those of a cancelled batch end CANCELLED and
+    those not due yet lose their enqueued stamp, so the sweeper dispatches them when due (the
+    message that brought them here is acked and gone).
+    """
+    ids = sorted(set(job_ids))
+    if not ids:
+        return []
+    dialect = dialect_name(session)
+    now, due = db_now(dialect), db_shifted(dialect, CLOCK_TOLERANCE.total_seconds())
+    lapsed_before = db_shifted(dialect, -LEASE_GRACE_SECONDS)
     stmt = (
         update(jobs)
-        .where(jobs.c.job_id.in_(list(job_ids)), claimable(now, now + CLOCK_TOLERANCE))
-        .values(claim_token=token, lease_until=now + lease, updated_at=now)
+        .where(
+            jobs.c.job_id.in_(ids),
+            claimable(now, due, lapsed_before),
+            _batch_live(),
+        )
+        .values(claim_token=token, lease_until=db_shifted(dialect, lease_seconds), updated_at=now)
         .returning(*_CLAIM_COLUMNS)
     )
     rows = session.execute(stmt).all()
+    if len(rows) < len(ids):
+        _settle_unclaimable(session, ids, dialect)
     session.commit()
     return sorted((ClaimedJob(*row) for row in rows), key=lambda j: j.job_id)
 
 
-def _write_held(
-    session: Session, token: str, rows: list[dict], now: datetime, **values: object
-) -> None:
-    """Apply values to each row's job still held under token, and end the claim."""
-    if not rows:
-        return
-    held = and_(
-        jobs.c.job_id == bindparam("b_job_id"),
-        jobs.c.claim_token == token,
-        jobs.c.status == Status.PENDING,
-    )
+def _settle_unclaimable(session: Session, ids: list[int], dialect: str) -> None:
+    """Cancel the free jobs of a cancelled batch; make free jobs not due yet findable again."""
+    now, due = db_now(dialect), db_shifted(dialect, CLOCK_TOLERANCE.total_seconds())
+    cancelled = _batch_cancelled()
     stmt = (
         update(jobs)
-        .where(held)
-        .values(**values, updated_at=now, claim_token=None, lease_until=None)
+        .where(
+            jobs.c.job_id.in_(ids),
+            jobs.c.status == Status.PENDING,
+            _free(db_shifted(dialect, -LEASE_GRACE_SECONDS)),
+            or_(cancelled, ~_due(due)),
+        )
+        .values(
+            status=case((cancelled, Status.CANCELLED.value), else_=jobs.c.status),
+            last_error=case((cancelled, "cancelled"), else_=jobs.c.last_error),
+            **_REDISPATCH,
+            claim_token=None,
+            lease_until=None,
+            updated_at=now,
+        )
     )
-    session.execute(stmt, rows)
+    update_logging(session, stmt, BATCH_CANCELLED)
 
+
+def renew(
+    connection_or_session: Connection | Session, tokens: Collection[str], lease_seconds: float
+) -> set[str]:
+    """Extend the leases of still-PENDING jobs held under tokens; return the tokens still holding.
+
+    lease_until becomes the database's now plus the lease. Commits.
+    """
+    wanted = sorted(set(tokens))
+    if not wanted:
+        return set()
+    bind = connection_or_session
+    dialect = dialect_name(bind)
+    held_rows = and_(jobs.c.claim_token.in_(wanted), jobs.c.status == Status.PENDING)
+    stmt = update(jobs).values(lease_until=db_shifted(dialect, lease_seconds))
+    if dialect == "postgresql":
+        # Lock in job_id order, the order an outcome flush locks them in, so a renewal and a
+        # flush of the same chunk wait for each other instead of deadlocking.
+        locked = select(jobs.c.job_id).where(held_rows).order_by(jobs.c.job_id).with_for_update()
+        stmt = stmt.where(jobs.c.job_id.in_(locked.scalar_subquery()), held_rows)
+    else:
+        stmt = stmt.where(held_rows)
+    held = {row[0] for row in bind.execute(stmt.returning(jobs.c.claim_token))}
+    bind.commit()
+    return held
+
+
+# The event of a job that a guarded UPDATE cancelled because its batch was (others log nothing).
+BATCH_CANCELLED = event(
+    case((jobs.c.status == Status.CANCELLED, EventType.CANCELLED.value)), detail="batch cancelled"
+)
 
 # Handing a job back to the broker: a new dispatch, not yet confirmed.
 _REDISPATCH = {"dispatch_seq": jobs.c.dispatch_seq + 1, "enqueued_at": None}
 
 
-def mark_sent(session: Session, token: str, rows: list[dict], now: datetime) -> None:
-    """rows: b_job_id, b_provider, b_queue_id, b_reply, b_charged (tries, with failovers)."""
-    _write_held(
-        session, token, rows, now,
-        status=Status.SENT,
-        provider=bindparam("b_provider"),
-        provider_queue_id=bindparam("b_queue_id"),
-        provider_reply=bindparam("b_reply"),
-        attempts=jobs.c.attempts + bindparam("b_charged"),
-        sent_at=now,
-        last_error=None,
-    )  # fmt: skip
+def release(
+    session: Session, token: str, job_ids: Iterable[int], now: datetime | None = None
+) -> None:
+    """Give back claimed jobs that were not tried, so they are dispatched again. No commit.
 
-
-def mark_failed(session: Session, token: str, rows: list[dict], now: datetime) -> None:
-    """rows: b_job_id, b_provider, b_error, b_charged (1 when a provider was tried)."""
-    _write_held(
-        session, token, rows, now,
-        status=Status.FAILED,
-        provider=bindparam("b_provider"),
-        last_error=bindparam("b_error"),
-        attempts=jobs.c.attempts + bindparam("b_charged"),
-    )  # fmt: skip
-
-
-def mark_retry(session: Session, token: str, rows: list[dict], now: datetime) -> None:
-    """rows: b_job_id, b_error, b_charged, b_next_attempt_at, b_failed_provider."""
-    _write_held(
-        session, token, rows, now,
-        last_error=bindparam("b_error"),
-        attempts=jobs.c.attempts + bindparam("b_charged"),
-        next_attempt_at=bindparam("b_next_attempt_at"),
-        failed_provider=bindparam("b_failed_provider"),
-        **_REDISPATCH,
-    )  # fmt: skip
-
-
-def release(session: Session, token: str, job_ids: Iterable[int], now: datetime) -> None:
-    """Give back claimed jobs that were not tried, so they are dispatched again."""
-    _write_held(session, token, [{"b_job_id": i} for i in job_ids], now, **_REDISPATCH)
-
-
-def record_attempts(session: Session, rows: list[dict]) -> None:
-    """Insert one email_attempts row per try."""
-    if rows:
-        session.execute(insert(attempts_table), rows)
+    `now` is unused (the database's clock stamps the change); kept for existing callers.
+    """
+    write_outcomes(session, token, [OutcomeRow(job_id, RELEASE) for job_id in job_ids])
 
 
 def stamp_enqueued(session: Session, dispatches: Sequence[Dispatch], now: datetime) -> None:
@@ -172,44 +242,71 @@ def stamp_enqueued(session: Session, dispatches: Sequence[Dispatch], now: dateti
 
 def cancel(session: Session, job_id: int, api_key_id: int | None, now: datetime) -> bool:
     """Cancel a PENDING job nobody holds; False when it is claimed or already final."""
-    result = session.execute(
+    lapsed_before = db_shifted(dialect_name(session), -LEASE_GRACE_SECONDS)
+    stmt = (
         update(jobs)
         .where(
             jobs.c.job_id == job_id,
             jobs.c.api_key_id == api_key_id,
             jobs.c.status == Status.PENDING,
-            or_(jobs.c.claim_token.is_(None), jobs.c.lease_until < now),
+            _free(lapsed_before),
         )
         .values(status=Status.CANCELLED, updated_at=now, last_error="cancelled")
     )
+    changed = update_logging(
+        session, stmt, event(EventType.CANCELLED.value, detail="cancelled"), [jobs.c.job_id]
+    )
     session.commit()
-    return result.rowcount == 1
+    return len(changed) == 1
 
 
-def take_lost(session: Session, now: datetime, grace: timedelta, limit: int) -> list[Dispatch]:
-    """Pick PENDING jobs the broker cannot be holding and bump their dispatch seq.
+def take_lost(session: Session, grace: timedelta, limit: int) -> list[Dispatch]:
+    """Pick PENDING jobs the broker cannot be holding, bump their dispatch seq; return them.
 
-    That is: a publish never confirmed (no enqueued stamp) past the grace period, a scheduled job
-    that fell due, or a claim whose lease expired. Jobs legitimately waiting in a queue carry an
-    enqueued stamp and are left alone.
+    That is: a publish never confirmed (no enqueued stamp) past the grace period, a scheduled or
+    retrying job that fell due without an enqueued stamp (it was acked before it was due, or its
+    delay-tier publish failed), or a claim whose lease lapsed more than the lease grace ago.
+    Jobs legitimately waiting in a queue carry an enqueued stamp and are left alone. A picked job
+    of a cancelled batch ends CANCELLED instead. Times are the database's.
     """
+    dialect = dialect_name(session)
+    now = db_now(dialect)
+    waited = or_(jobs.c.send_at.is_not(None), jobs.c.next_attempt_at.is_not(None))
     unconfirmed = and_(
         jobs.c.claim_token.is_(None),
         jobs.c.enqueued_at.is_(None),
-        or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now),
-        or_(
-            and_(jobs.c.send_at.is_(None), jobs.c.updated_at < now - grace),
-            jobs.c.send_at <= now,
-        ),
+        _due(now),
+        or_(waited, jobs.c.updated_at < db_shifted(dialect, -grace.total_seconds())),
     )
-    expired = and_(jobs.c.claim_token.is_not(None), jobs.c.lease_until < now)
+    expired = and_(
+        jobs.c.claim_token.is_not(None),
+        jobs.c.lease_until < db_shifted(dialect, -LEASE_GRACE_SECONDS),
+    )
     picked = (
         select(jobs.c.job_id)
         .where(jobs.c.status == Status.PENDING, or_(unconfirmed, expired))
         .order_by(jobs.c.priority.desc(), jobs.c.job_id)
         .limit(limit)
     )
-    return redispatch(session, picked, jobs.c.status == Status.PENDING, now=now)
+    if dialect == "postgresql":
+        picked = picked.with_for_update(skip_locked=True)
+    cancelled = _batch_cancelled()
+    stmt = (
+        update(jobs)
+        .where(jobs.c.job_id.in_(picked.scalar_subquery()), jobs.c.status == Status.PENDING)
+        .values(
+            status=case((cancelled, Status.CANCELLED.value), else_=jobs.c.status),
+            last_error=case((cancelled, "cancelled"), else_=jobs.c.last_error),
+            **_REDISPATCH,
+            claim_token=None,
+            lease_until=None,
+            updated_at=now,
+        )
+    )
+    returned = [jobs.c.job_id, jobs.c.priority, jobs.c.dispatch_seq, jobs.c.status]
+    rows = update_logging(session, stmt, BATCH_CANCELLED, returned)
+    session.commit()
+    return [Dispatch(i, p, seq) for i, p, seq, status in rows if status == Status.PENDING]
 
 
 def redispatch(

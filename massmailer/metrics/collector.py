@@ -81,6 +81,17 @@ def _providers(providers: dict[str, dict]) -> list[Metric]:
         "Sends the provider's rate limit admits right now (only rate-limited providers)",
         labels=labels,
     )
+    configured = GaugeMetricFamily(
+        "massmailer_provider_rate_configured",
+        "The provider's configured rate limit, sends per second (only rate-limited providers)",
+        labels=labels,
+    )
+    effective = GaugeMetricFamily(
+        "massmailer_provider_rate_effective",
+        "The rate in force after throttle replies cut it (AIMD), sends per second; absent when "
+        "unlimited",
+        labels=labels,
+    )
     daily = GaugeMetricFamily(
         "massmailer_provider_daily_remaining",
         "Sends left today under the provider's daily cap (only capped providers)",
@@ -98,8 +109,12 @@ def _providers(providers: dict[str, dict]) -> list[Metric]:
         failures.add_metric([name], snap["failures"])
         if snap.get("rate_headroom") is not None:
             headroom.add_metric([name], snap["rate_headroom"])
+        if snap.get("rate_per_second") is not None:
+            configured.add_metric([name], snap["rate_per_second"])
+        if snap.get("effective_rate") is not None:
+            effective.add_metric([name], snap["effective_rate"])
         if snap.get("daily_remaining") is not None:
             daily.add_metric([name], snap["daily_remaining"])
         in_use.add_metric([name], snap["connections_in_use"])
         cap.add_metric([name], snap["max_connections"])
-    return [breaker, failures, headroom, daily, in_use, cap]
+    return [breaker, failures, headroom, configured, effective, daily, in_use, cap]

@@ -35,7 +35,8 @@ SMTP_DURATION = Histogram(
 )
 ACCEPT_TO_SENT = Histogram(
     "massmailer_accept_to_sent_seconds",
-    "Time from the API accepting a job to its provider accepting the message",
+    "Time from the API accepting a job to its provider accepting the message, by job priority",
+    ["priority"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400),
 )
 
@@ -68,7 +69,7 @@ def count_retries(charged: Iterable[int]) -> None:
         RETRIES.labels("failure" if n else "capacity").inc()
 
 
-def observe_accept_to_sent(seconds: Iterable[float]) -> None:
-    """Record how long committed SENT jobs took from acceptance."""
-    for value in seconds:
-        ACCEPT_TO_SENT.observe(max(0.0, value))
+def observe_accept_to_sent(seconds_by_priority: Iterable[tuple[float, int]]) -> None:
+    """Record how long committed SENT jobs took from acceptance, with each job's priority."""
+    for value, priority in seconds_by_priority:
+        ACCEPT_TO_SENT.labels(str(priority)).observe(max(0.0, value))

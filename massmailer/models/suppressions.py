@@ -1,4 +1,4 @@
-"""suppressions: addresses never to be mailed again (hard bounce, unsubscribe, manual)."""
+"""suppressions: addresses never to be mailed again (bounce, complaint, unsubscribe, manual)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,6 @@ class Suppression(db.Model):
     __tablename__ = "suppressions"
 
     email: Mapped[str] = mapped_column(String(255), primary_key=True)  # lower-cased
-    reason: Mapped[str] = mapped_column(String(20))  # hard_bounce, unsubscribe, manual
+    reason: Mapped[str] = mapped_column(String(20))  # hard_bounce, complaint, unsubscribe, manual
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -19,6 +19,10 @@ from email.message import EmailMessage
 COMMANDS = frozenset({"CONNECT", "EHLO", "MAIL", "RCPT", "DATA", "AUTH", "RSET", "NOOP"})
 HANG_UP = 0  # a Rule code meaning: close the TCP connection without replying
 HANG_UP_REPLY = "000 hang up"  # never sent: the session closes the connection instead
+# A DATA rule code meaning: store the message, then close the connection before the 250. The
+# client cannot tell this from a lost message: the real window for a duplicate send.
+STORE_THEN_HANG_UP = 1
+STORE_THEN_HANG_UP_REPLY = "001 store then hang up"  # never sent either
 
 DEFAULT_TEXT = {
     421: "4.3.2 Service not available, closing transmission channel",
@@ -56,8 +60,10 @@ class Rule:
             raise ValueError(
                 f"Rule.command must be one of {sorted(COMMANDS)}, not {self.command!r}"
             )
-        if self.code != HANG_UP and not 200 <= self.code <= 599:
-            raise ValueError(f"Rule.code must be 0 or an SMTP reply code, not {self.code}")
+        if self.code == STORE_THEN_HANG_UP and self.command != "DATA":
+            raise ValueError("Rule.code STORE_THEN_HANG_UP only applies to DATA")
+        if self.code not in (HANG_UP, STORE_THEN_HANG_UP) and not 200 <= self.code <= 599:
+            raise ValueError(f"Rule.code must be 0, 1 or an SMTP reply code, not {self.code}")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"Rule.probability must be within 0..1, not {self.probability}")
         if self.times is not None and self.times < 0:
@@ -75,6 +81,8 @@ class Rule:
         """Return the reply line this rule sends."""
         if self.code == HANG_UP:
             return HANG_UP_REPLY
+        if self.code == STORE_THEN_HANG_UP:
+            return STORE_THEN_HANG_UP_REPLY
         return f"{self.code} {self.text or DEFAULT_TEXT.get(self.code, 'Rejected by rule')}"
 
 
@@ -137,6 +145,7 @@ class FaultState:
         with self._lock:
             self._messages: list[Received] = []
             self._accepted = 0
+            self._stored_unacknowledged = 0
             self._connections = 0
             self._per_connection: Counter[int] = Counter()
             self._fired = Counter()
@@ -152,6 +161,12 @@ class FaultState:
         """How many messages were accepted (also when keep_messages is off)."""
         with self._lock:
             return self._accepted
+
+    @property
+    def stored_unacknowledged(self) -> int:
+        """How many accepted messages the client never got a 250 for (STORE_THEN_HANG_UP)."""
+        with self._lock:
+            return self._stored_unacknowledged
 
     @property
     def connections(self) -> int:
@@ -208,6 +223,14 @@ class FaultState:
             queue_id = next(self._queue_ids)
             self._changed.notify_all()
         return f"250 2.0.0 Ok: queued as {queue_id:010X}"
+
+    def store_unacknowledged(
+        self, mail_from: str, rcpt_tos: list[str], data: bytes, connection_id: int
+    ) -> None:
+        """Record a message as accepted whose 250 will never be sent."""
+        self.accept(mail_from, rcpt_tos, data, connection_id)
+        with self._lock:
+            self._stored_unacknowledged += 1
 
     def _draw(self, probability: float) -> bool:
         # Draw only when it can matter, so a certain rule does not shift the later draws.

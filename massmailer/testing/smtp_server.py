@@ -28,6 +28,7 @@ from massmailer.testing.smtp_faults import (
     DEFAULT_TEXT,
     HANG_UP,
     HANG_UP_REPLY,
+    STORE_THEN_HANG_UP_REPLY,
     FaultState,
     Received,
     Rule,
@@ -55,6 +56,7 @@ class FaultSMTPServer(FaultState):
         implicit_tls: bool = False,
         require_starttls: bool = False,
         keep_messages: bool = True,
+        pipelining: bool = True,
     ) -> None:
         if implicit_tls and tls_context is None:
             raise ValueError("implicit_tls needs a tls_context")
@@ -67,6 +69,10 @@ class FaultSMTPServer(FaultState):
         self.host = host
         self.latency_seconds = latency_seconds
         self.credentials = dict(credentials) if credentials else None
+        # Advertise PIPELINING (RFC 2920) in the EHLO reply, as Postfix and the big providers
+        # do. aiosmtpd serves pipelined input correctly (it reads commands one by one from its
+        # stream) but does not advertise it; False keeps clients to one command per round trip.
+        self.pipelining = pipelining
         self._port = port
         self._smtp_kwargs: dict[str, Any] = {
             "server_hostname": "fault-smtp.localhost",  # else socket.getfqdn() on every session
@@ -145,6 +151,8 @@ class _Handler:
         if reply is not None:
             return [reply]
         session.host_name = name  # the five-argument hook takes this duty over from aiosmtpd
+        if self._faults.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(
@@ -165,9 +173,14 @@ class _Handler:
         reply = await self._faults.answer("DATA", data)
         if reply is None and self._faults.hang_up_after_data():
             reply = HANG_UP_REPLY
+        mail_from = envelope.mail_from or ""
+        if reply == STORE_THEN_HANG_UP_REPLY:
+            self._faults.store_unacknowledged(
+                mail_from, envelope.rcpt_tos, data, server.connection_id
+            )
+            return HANG_UP_REPLY
         if reply is not None:
             return reply
-        mail_from = envelope.mail_from or ""
         return self._faults.accept(mail_from, envelope.rcpt_tos, data, server.connection_id)
 
     async def handle_AUTH(self, server: SMTP, session: Session, envelope: Envelope, args: list):
@@ -289,6 +302,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tls-cert", help="PEM certificate: offer STARTTLS (with --tls-key)")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte")
+    parser.add_argument(
+        "--no-pipelining", action="store_true", help="do not advertise PIPELINING (RFC 2920)"
+    )
     return parser.parse_args(argv)
 
 
@@ -315,6 +331,7 @@ def _server_from_args(args: argparse.Namespace) -> FaultSMTPServer:
         tls_context=tls_context,
         implicit_tls=args.implicit_tls,
         keep_messages=False,  # nobody outside this process could read them: only count
+        pipelining=not args.no_pipelining,
     )
 
 

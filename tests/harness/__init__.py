@@ -1,0 +1,1 @@
+"""Test harness: throwaway PostgreSQL, RabbitMQ and Redis, and the plugin that picks services."""
