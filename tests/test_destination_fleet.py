@@ -73,9 +73,10 @@ def test_a_google_limit_holds_across_two_worker_processes_while_others_go_at_ful
     windows = [sum(1 for t in to_google if start <= t < start + 1) for start in to_google]
     assert max(windows) <= RATE + BURST + 1, f"{max(windows)} Google messages in one second"
     assert sum(1 for n in windows if n > RATE + BURST) <= len(windows) // 20
-    # The other domains were not held to the Google rate: they went many times faster, and
-    # were done while the Google batch was still going out.
-    assert others_rate > 10 * RATE
+    # The other domains were not held to the Google rate: they went several times faster, and
+    # were done while the Google batch was still going out. (Their own pace is the test server's:
+    # 61/s on a quiet machine, 43/s once under a full CI run, so the bar is 5x, not 10x.)
+    assert others_rate > 5 * RATE
     assert to_others[-1] < to_google[-1]
     # Waiting for a destination slot is not a failure: every job took exactly one attempt.
     db.session.expire_all()
