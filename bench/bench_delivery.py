@@ -439,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="an endpoint for every event type, and the webhooks and beat processes",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the web and worker processes, e.g. MASSMAILER_SENDER_THREADS=16",
+    )
     parser.add_argument("--smoke", action="store_true", help="a small run for CI")
     args = parser.parse_args(argv)
     # A SIGTERM runs the finally blocks below, which stop the processes this run started.
@@ -452,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         providers(args.rtt_ms, args.providers) as (entries, sink),
         contextlib.ExitStack() as options,
     ):
-        env = own.service_env(entries)
+        env = own.service_env(entries, **dict(pair.split("=", 1) for pair in args.set))
         receiver = None
         if args.dkim:
             env.update(options.enter_context(dkim_key(env)))

@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--posts", type=int, default=10, help="timed POSTs per path")
     parser.add_argument("--recipients", type=int, default=10_000, help="recipients per POST")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per server")
+    parser.add_argument(
+        "--without-accepted-events",
+        action="store_true",
+        help="disable the trigger that logs each new job's `accepted` event, to measure its cost",
+    )
     parser.add_argument("--smoke", action="store_true", help="a small run for CI")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -231,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.redirect_stderr(io.StringIO()):
                 upgrade()
             loaded_in = preload(args.preload)
+            if args.without_accepted_events:
+                db.session.execute(
+                    text("ALTER TABLE email_jobs DISABLE TRIGGER email_events_accepted")
+                )
+                db.session.commit()
             key = apikeys.create(db.session, "bench")
             print(f"preloaded {args.preload:,} jobs in {loaded_in:.1f} s", flush=True)
             load_before = os.getloadavg()
@@ -241,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n{args.posts} POSTs of {args.recipients:,} recipients per path, {args.preload:,} jobs"
-        f" preloaded, gunicorn sync x {args.workers} per path, POSTs alternating between paths;"
+        f" preloaded{' (no accepted events)' if args.without_accepted_events else ''},"
+        f" gunicorn sync x {args.workers} per path, POSTs alternating between paths;"
         f" load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (2 cores)"
     )
     print(
