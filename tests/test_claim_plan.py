@@ -132,3 +132,42 @@ def print_renew_plan() -> None:
     with explained(db.engine, "UPDATE email_jobs") as plans, db.engine.connect() as conn:
         jobstore.renew(conn, [TOKEN], lease_seconds=45)
     print(f"renew:\n{plans[0]}")
+
+
+def test_a_batch_newer_than_the_statistics_is_still_claimed_and_flushed_by_primary_key(app):
+    # ANALYZE ran while every job was SENT; then a large batch landed and no sweep has analysed
+    # it yet. A bare status = 'PENDING' made the planner read every PENDING job through the
+    # pending index for each claim and flush (25-30 ms each at 60,000, bench/README.md).
+    insert = """
+        INSERT INTO email_jobs (recipient, subject, body, sender, status, message_id, priority,
+                                created_at, updated_at, enqueued_at, sent_at)
+        SELECT 'r' || g || '@example.com', 'subject', 'body', 's@example.com', :status,
+               '<' || g || '@stale.test>', 0, now(), now(), now(),
+               CASE WHEN :status = 'SENT' THEN now() END
+        FROM generate_series(:first, :last) AS g
+    """
+    db.session.execute(text(insert), {"status": "SENT", "first": 1, "last": 20_000})
+    db.session.commit()
+    db.session.execute(text("ANALYZE email_jobs"))
+    db.session.execute(text(insert), {"status": "PENDING", "first": 20_001, "last": 60_000})
+    db.session.commit()
+    first_pending = db.session.scalar(
+        text("SELECT min(job_id) FROM email_jobs WHERE status = 'PENDING'")
+    )
+    chunk = list(range(first_pending + 20_000, first_pending + 20_200))
+
+    with explained(db.engine, ("UPDATE email_jobs", "WITH changed AS")) as plans:
+        claimed = jobstore.claim(db.session, chunk, TOKEN, lease_seconds=45)
+        recorder = OutcomeRecorder(db.session, TOKEN, utcnow)
+        for job in claimed:
+            recorder.sent(job.job_id, "primary", "Q", "250 ok", accepted_at=utcnow())
+        recorder.flush()
+
+    claim_plan, flush_plan = plans
+    print(f"\nclaim:\n{claim_plan}\nflush:\n{flush_plan}")
+    assert len(claimed) == 200
+    for plan in (claim_plan, flush_plan):
+        assert "pk_email_jobs" in plan
+        assert "ix_email_jobs_pending_created_at" not in plan
+        assert "ix_email_jobs_status_updated_at" not in plan
+        assert "Seq Scan on email_jobs" not in plan

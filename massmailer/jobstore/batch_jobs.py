@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from massmailer.jobstore.core import BATCH_CANCELLED, jobs
 from massmailer.jobstore.events import update_logging
+from massmailer.jobstore.guards import still_pending
 from massmailer.models import Batch, Status
 
 
@@ -88,7 +89,7 @@ def cancel_if_batch_cancelled(session: Session, job_ids: Sequence[int], now: dat
         update(jobs)
         .where(
             jobs.c.job_id.in_(list(job_ids)),
-            jobs.c.status == Status.PENDING,
+            still_pending(),
             jobs.c.claim_token.is_(None),
             jobs.c.batch_id.in_(cancelled_batches.scalar_subquery()),
         )

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from massmailer.jobstore.dbclock import db_now, db_shifted, dialect_name
 from massmailer.jobstore.events import event, update_logging
+from massmailer.jobstore.guards import still_pending
 from massmailer.jobstore.outcome_writes import RELEASE, OutcomeRow, write_outcomes
 from massmailer.models import Batch, EmailAttempt, EmailJob, EventType, Status
 
@@ -79,16 +80,20 @@ def claimable(
     now: datetime | ColumnElement,
     due: datetime | ColumnElement,
     lapsed_before: datetime | ColumnElement | None = None,
+    *,
+    named_by_id: bool = False,
 ) -> ColumnElement[bool]:
     """PENDING, held by nobody (or by a lease lapsed before lapsed_before), and due by `due`.
 
-    lapsed_before defaults to now minus the lease grace.
+    lapsed_before defaults to now minus the lease grace. `named_by_id`: the statement names its
+    rows by id, so the status check must not steer the plan to a status index (`still_pending`);
+    a query that looks for claimable jobs (the demo's queue) wants that index.
     """
     if lapsed_before is None:
         assert isinstance(now, datetime), "pass lapsed_before with a database clock"
         lapsed_before = now - timedelta(seconds=LEASE_GRACE_SECONDS)
     return and_(
-        jobs.c.status == Status.PENDING,
+        still_pending() if named_by_id else jobs.c.status == Status.PENDING,
         _free(lapsed_before),
         _due(due),
     )
@@ -140,7 +145,7 @@ def claim(
         update(jobs)
         .where(
             jobs.c.job_id.in_(ids),
-            claimable(now, due, lapsed_before),
+            claimable(now, due, lapsed_before, named_by_id=True),
             _batch_live(),
         )
         .values(claim_token=token, lease_until=db_shifted(dialect, lease_seconds), updated_at=now)
@@ -161,7 +166,7 @@ def _settle_unclaimable(session: Session, ids: list[int], dialect: str) -> None:
         update(jobs)
         .where(
             jobs.c.job_id.in_(ids),
-            jobs.c.status == Status.PENDING,
+            still_pending(),
             _free(db_shifted(dialect, -LEASE_GRACE_SECONDS)),
             or_(cancelled, ~_due(due)),
         )
@@ -233,7 +238,7 @@ def stamp_enqueued(session: Session, dispatches: Sequence[Dispatch], now: dateti
             .where(
                 jobs.c.job_id.in_(ids),
                 jobs.c.dispatch_seq == seq,
-                jobs.c.status == Status.PENDING,
+                still_pending(),
             )
             .values(enqueued_at=now)
         )

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from massmailer.jobstore.dbclock import db_now, db_shifted, dialect_name
 from massmailer.jobstore.events import event, logged_update, update_logging
+from massmailer.jobstore.guards import still_pending
 from massmailer.models import EmailAttempt, EmailJob, EventType, Status
 from massmailer.models.types import UtcDateTime, utcnow
 
@@ -137,7 +138,7 @@ def _statement(dialect: str, src: dict, next_at: ColumnElement):
     return (
         update(jobs)
         .where(
-            jobs.c.status == Status.PENDING,
+            still_pending(),
             or_(is_sent, jobs.c.claim_token == bindparam("o_token")),
         )
         .values(
