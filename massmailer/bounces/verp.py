@@ -27,7 +27,7 @@ def _derive(secret: str) -> bytes:
 
 
 def _mac(key: bytes, job_id: int) -> str:
-    digest = hmac.new(key, str(job_id).encode(), hashlib.sha256).digest()
+    digest = hmac.digest(key, str(job_id).encode(), "sha256")  # one-shot: no HMAC object
     return base64.b32encode(digest).decode()[:MAC_CHARS].lower()
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -75,11 +76,28 @@ class _Chunk:
     halt: threading.Event
     lease: Lease
     inflight: dict[Future[JobResult], ClaimedJob] = field(default_factory=dict)
+    # Each send's future as it completes: the slot takes them in O(1), where wait() over every
+    # send in flight re-armed a waiter on each of them per completion.
+    completed: queue.SimpleQueue[Future[JobResult]] = field(default_factory=queue.SimpleQueue)
     handed: set[int] = field(default_factory=set)  # ids given to a sender thread
     release: list[ClaimedJob] = field(default_factory=list)
     settled_early: set[int] = field(default_factory=set)  # suppressed or unbuildable
     outage: BaseException | None = None
     bug: BaseException | None = None
+
+
+def _completed(
+    completed: queue.SimpleQueue[Future[JobResult]], timeout: float
+) -> list[Future[JobResult]]:
+    """The futures completed so far, waiting up to timeout for the first one."""
+    try:
+        done = [completed.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            done.append(completed.get_nowait())
+    return done
 
 
 class DeliveryService:
@@ -191,12 +209,13 @@ class DeliveryService:
             mail_from = self._composer.mail_from(job)
             future = self._senders.submit(self._sender.send, job, mail_from, data, chunk.window)
             chunk.inflight[future] = job
+            future.add_done_callback(chunk.completed.put)
             chunk.handed.add(job.job_id)
 
     def _collect(self, chunk: _Chunk) -> None:
         """Record results as they come; flush every second or few dozen outcomes."""
         while chunk.inflight:
-            done, _ = wait(chunk.inflight, timeout=FLUSH_EVERY_SECONDS, return_when=FIRST_COMPLETED)
+            done = _completed(chunk.completed, timeout=FLUSH_EVERY_SECONDS)
             for future in done:
                 self._record(chunk, chunk.inflight.pop(future), future)
             if done:
