@@ -360,10 +360,11 @@ def test_intake_runs_no_analyze_and_the_next_sweep_keeps_the_claim_on_the_primar
     batch_id = accepted_batch(client, auth, recipients=recipients(10_000))["id"]
     assert _analyze_count() == before, "POST /v1/batches ran ANALYZE"
     ids = [j.job_id for j in jobs_of(batch_id)]
-    # Before the sweep the statistics do not know the batch; the claim finds its rows by id anyway.
+    # Before the sweep the statistics do not know the batch, and still no status index may serve
+    # the claim (jobstore.guards). At 10,000 rows a sequential scan can be the planner's honest
+    # choice; test_claim_plan shows the primary key at 100,000 with the same stale statistics.
     before_plan = _claim_plan(ids[5000:5200])
     print("\nclaim plan before the sweep uses", re.findall(r"(?:pk|ix)_email_jobs\w*", before_plan))
-    assert "pk_email_jobs" in before_plan, before_plan
     assert "ix_email_jobs_status_updated_at" not in before_plan, before_plan
     assert "ix_email_jobs_pending_created_at" not in before_plan, before_plan
 
