@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from contextvars import ContextVar
 
 FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s%(context)s"
@@ -47,14 +48,32 @@ class ContextFilter(logging.Filter):
 class RedactingFormatter(logging.Formatter):
     """Format key=value lines with any URL credentials masked."""
 
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         if not hasattr(record, "context"):
             record.context = ""
         return redact(super().format(record))
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        # A worker logs a line per message, thousands a second: localtime and strftime once a
+        # second, not once a line.
+        second, stamp = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, stamp)
+        return self.default_msec_format % (stamp, record.msecs)
+
 
 def redact(text: str) -> str:
     """Mask the password of every scheme://user:password@host in text."""
+    if "://" not in text:
+        return text  # the usual line: no URL, nothing to scan for
     return _URL_CREDENTIALS.sub(r"\1:***@", text)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.policy
+import os
 import random
 import re
 from datetime import UTC, datetime, timedelta, timezone
@@ -325,7 +326,7 @@ def test_boundary_is_random_and_delimits_exactly_two_parts():
 
 def test_boundary_is_drawn_again_when_a_part_contains_it(monkeypatch):
     draws = iter(["a" * 32, "b" * 32])
-    monkeypatch.setattr(message.secrets, "token_hex", lambda _: next(draws))
+    monkeypatch.setattr(message, "_unique_hex", lambda: next(draws))
     raw = build(text=f"--=_{'a' * 32}\n", html="<p>x</p>")
     assert parse(raw).get_boundary() == f"=_{'b' * 32}"
     assert as_lf(next(parse(raw).iter_parts()).get_content()) == f"--=_{'a' * 32}\n"
@@ -339,6 +340,22 @@ def test_make_message_id_is_unique_and_well_formed():
     assert len(ids) == 100
     assert all(re.fullmatch(r"<[0-9a-f]{32}@mail\.example\.com>", i) for i in ids)
     assert parse(build(message_id=ids.pop()))["Message-ID"]
+
+
+def test_a_forked_child_draws_other_ids_than_its_parent():
+    # Without a reseed after fork the child would repeat the parent's next draws exactly.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, make_message_id("x.test").encode())
+        os._exit(0)
+    os.close(write_end)
+    parent = make_message_id("x.test")
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read().decode()
+    assert re.fullmatch(r"<[0-9a-f]{32}@x\.test>", child)
+    assert child != parent
 
 
 @pytest.mark.parametrize("domain", ["", "exa mple.com", "a@b", "<x>", "bücher.de", "x\r\n"])

@@ -28,7 +28,9 @@ def _derive(secret: str) -> bytes:
 
 def _mac(key: bytes, job_id: int) -> str:
     digest = hmac.digest(key, str(job_id).encode(), "sha256")  # one-shot: no HMAC object
-    return base64.b32encode(digest).decode()[:MAC_CHARS].lower()
+    # Base32 turns each 5 bytes into 8 characters on its own: the first 10 bytes give the same
+    # first 16 characters as all 32, at a third of the cost of this pure-Python encoder.
+    return base64.b32encode(digest[:10]).decode()[:MAC_CHARS].lower()
 
 
 class VerpSigner:

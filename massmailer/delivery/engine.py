@@ -1,8 +1,9 @@
 """Deliver a chunk of jobs: claim, skip the suppressed, send concurrently, record as it goes.
 
 The slot's own thread claims, composes and records; the chunk's messages are sent at once by the
-process's sender threads (`SenderThreads`), so one chunk keeps many SMTP sessions busy. Only this
-thread touches the database session and the outcome recorder.
+process's sender threads (`SenderThreads`), a run of a few jobs each (`sending.run_length`), so
+one chunk keeps many SMTP sessions busy. Only this thread touches the database session and the
+outcome recorder.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from massmailer.delivery.picker import ProviderPicker
 from massmailer.delivery.providers.base import ProviderConfig, SendError
 from massmailer.delivery.providers.pool import PoolRegistry
 from massmailer.delivery.sender_threads import SenderThreads
-from massmailer.delivery.sending import JobResult, JobSender, SendWindow
+from massmailer.delivery.sending import JobResult, JobSender, Outgoing, SendWindow, run_length
 from massmailer.delivery.shutdown import STOPPING
 from massmailer.jobstore import ClaimedJob, Dispatch
 from massmailer.models.types import utcnow
@@ -75,10 +76,10 @@ class _Chunk:
     window: SendWindow
     halt: threading.Event
     lease: Lease
-    inflight: dict[Future[JobResult], ClaimedJob] = field(default_factory=dict)
-    # Each send's future as it completes: the slot takes them in O(1), where wait() over every
-    # send in flight re-armed a waiter on each of them per completion.
-    completed: queue.SimpleQueue[Future[JobResult]] = field(default_factory=queue.SimpleQueue)
+    inflight: dict[Future[list[JobResult]], list[ClaimedJob]] = field(default_factory=dict)
+    # Each run's future as it completes: the slot takes them in O(1), where wait() over every
+    # run in flight re-armed a waiter on each of them per completion.
+    completed: queue.SimpleQueue[Future[list[JobResult]]] = field(default_factory=queue.SimpleQueue)
     handed: set[int] = field(default_factory=set)  # ids given to a sender thread
     release: list[ClaimedJob] = field(default_factory=list)
     settled_early: set[int] = field(default_factory=set)  # suppressed or unbuildable
@@ -87,8 +88,8 @@ class _Chunk:
 
 
 def _completed(
-    completed: queue.SimpleQueue[Future[JobResult]], timeout: float
-) -> list[Future[JobResult]]:
+    completed: queue.SimpleQueue[Future[list[JobResult]]], timeout: float
+) -> list[Future[list[JobResult]]]:
     """The futures completed so far, waiting up to timeout for the first one."""
     try:
         done = [completed.get(timeout=timeout)]
@@ -191,10 +192,12 @@ class DeliveryService:
         return None
 
     def _start_all(self, session: Session, chunk: _Chunk) -> None:
-        """Compose each job and hand it to a sender thread as soon as it is ready."""
+        """Compose each job and hand it to a sender thread as soon as its run is ready."""
         self._composer.load(session, chunk.claimed)
         recipients = (j.recipient for j in chunk.claimed)
         suppressed = suppressions.suppressed_among(session, recipients)
+        length = run_length(len(chunk.claimed))
+        run: list[Outgoing] = []
         for job in chunk.claimed:
             if job.recipient.lower() in suppressed:
                 chunk.recorder.failed(job.job_id, None, "suppressed", charged=0)
@@ -206,18 +209,26 @@ class DeliveryService:
                 chunk.recorder.failed(job.job_id, None, f"bad_data: {exc}", charged=0)
                 chunk.settled_early.add(job.job_id)
                 continue
-            mail_from = self._composer.mail_from(job)
-            future = self._senders.submit(self._sender.send, job, mail_from, data, chunk.window)
-            chunk.inflight[future] = job
-            future.add_done_callback(chunk.completed.put)
-            chunk.handed.add(job.job_id)
+            run.append(Outgoing(job, self._composer.mail_from(job), data))
+            if len(run) == length:
+                self._hand_over(chunk, run)
+                run = []
+        if run:
+            self._hand_over(chunk, run)
+
+    def _hand_over(self, chunk: _Chunk, run: list[Outgoing]) -> None:
+        future = self._senders.submit(self._sender.send_run, run, chunk.window)
+        jobs = [outgoing.job for outgoing in run]
+        chunk.inflight[future] = jobs
+        future.add_done_callback(chunk.completed.put)
+        chunk.handed.update(job.job_id for job in jobs)
 
     def _collect(self, chunk: _Chunk) -> None:
         """Record results as they come; flush every second or few dozen outcomes."""
         while chunk.inflight:
             done = _completed(chunk.completed, timeout=FLUSH_EVERY_SECONDS)
             for future in done:
-                self._record(chunk, chunk.inflight.pop(future), future)
+                self._record_run(chunk, chunk.inflight.pop(future), future)
             if done:
                 chunk.lease.progress()
             try:
@@ -228,15 +239,24 @@ class DeliveryService:
                 with contextlib.suppress(SQLAlchemyError):
                     chunk.session.rollback()
 
-    def _record(self, chunk: _Chunk, job: ClaimedJob, future: Future[JobResult]) -> None:
+    def _record_run(
+        self, chunk: _Chunk, jobs: list[ClaimedJob], future: Future[list[JobResult]]
+    ) -> None:
         try:
-            result = future.result()
-        except Exception as exc:
+            results = future.result()
+        except Exception as exc:  # send_run answers for each job; this is a bug around it
+            results = [JobResult(job, bug=exc) for job in jobs]
+        for result in results:
+            self._record(chunk, result)
+
+    def _record(self, chunk: _Chunk, result: JobResult) -> None:
+        job = result.job
+        if result.bug is not None:
             # A bug, not a send failure: charge this job (so a poison job ends FAILED after max
             # attempts), start nothing more, and fail the task visibly once the chunk is written.
-            self._internal_error(job, chunk.recorder, exc)
+            self._internal_error(job, chunk.recorder, result.bug)
             chunk.halt.set()
-            chunk.bug = chunk.bug or exc
+            chunk.bug = chunk.bug or result.bug
             return
         recorder = chunk.recorder
         for a in result.attempts:
@@ -279,10 +299,10 @@ class DeliveryService:
     def _finish(self, session: Session, chunk: _Chunk, report: ChunkReport) -> None:
         """Wait for sends still in flight, write every outcome, give back what never started."""
         # Sends still in flight (the chunk broke early) end within their deadline: record them.
-        for future, job in list(chunk.inflight.items()):
+        for future, jobs in list(chunk.inflight.items()):
             with contextlib.suppress(Exception):
                 future.result()
-            self._record(chunk, job, future)
+            self._record_run(chunk, jobs, future)
         chunk.inflight.clear()
         # Jobs the chunk never handed to a sender (it broke while composing) go back too.
         settled = chunk.handed | chunk.settled_early

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import random
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -29,6 +30,18 @@ _BARE_PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
 _ADDR = re.compile(r'(?:[!-;=?-~]+|"(?:[ !#-\[\]-~]|\\[ -~])*")@[A-Za-z0-9.\-]+')
 _MSG_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
 _FOLD_POINT = re.compile(r"[ \t](?=[^ \t])")  # fold before whitespace that precedes text
+
+# Message-IDs and MIME boundaries must be unique, not secret: a generator seeded by the OS (again
+# in every forked child, so two workers never share a sequence) instead of one getrandom(2)
+# system call per token, of which every message needs two.
+_unique = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _unique.seed(os.urandom(32)))
+
+
+def _unique_hex() -> str:
+    """32 random hex digits (128 bits)."""
+    return f"{_unique.getrandbits(128):032x}"
+
 
 # Q encoding limited to the characters RFC 2047 5(3) allows in a phrase, so it is safe everywhere.
 _Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
@@ -87,7 +100,7 @@ def make_message_id(domain: str) -> str:
     """Return a new Message-ID "<32 hex digits@domain>"."""
     if not re.fullmatch(r"[A-Za-z0-9.\-]+", domain):
         raise ValueError("domain must be an ASCII host name")
-    return f"<{secrets.token_hex(16)}@{domain}>"
+    return f"<{_unique_hex()}@{domain}>"
 
 
 def verp_sender(bounce_addr: str, job_id: int, mac: str | None = None) -> str:
@@ -297,9 +310,9 @@ def _short_lines(data: bytes) -> bool:
 def _multipart(head: list[str], parts: list[tuple[list[str], bytes]]) -> bytes:
     """Return a multipart/alternative message holding parts in order."""
     # "=_" cannot occur in QP or base64 output; the 7bit check covers the rest.
-    boundary = f"=_{secrets.token_hex(16)}"
+    boundary = f"=_{_unique_hex()}"
     while any(boundary.encode() in payload for _, payload in parts):
-        boundary = f"=_{secrets.token_hex(16)}"
+        boundary = f"=_{_unique_hex()}"
     head.append(f'Content-Type: multipart/alternative;{CRLF} boundary="{boundary}"')
     chunks = []
     for part_head, payload in parts:

@@ -42,6 +42,8 @@ def bounded(value: str | None, limit: int) -> str | None:
     """Cut value to limit characters, dropping NULs and unencodable characters (refused by PG)."""
     if value is None:
         return None
+    if len(value) <= limit and value.isascii() and "\x00" not in value:
+        return value  # the usual provider name, code or reply: nothing to clean or cut
     clean = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     return clean[:limit]
 

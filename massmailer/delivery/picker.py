@@ -17,6 +17,9 @@ MAX_PACING_SECONDS = 0.5
 # A half-open breaker whose single probe another sender holds: look again after about this long
 # (the probe is one send; its outcome closes the breaker or opens it for a cool-down).
 PROBE_BUSY_WAIT_SECONDS = 1.0
+# A slot this near counts as due now (less than a thread's wake-up jitter); a horizon of exactly 0
+# would make a fast schedule's prefetch fetch one slot per call.
+NOW_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,16 @@ class ProviderPicker:
         """
         choice = self._reserve(avoid, strict, horizon_seconds, refused=())
         return choice if isinstance(choice, Reservation) else _no_provider(choice)
+
+    def reserve_now(self, provider: ProviderConfig) -> bool:
+        """Reserve provider's next rate slot if it is due now and its breaker is not open.
+
+        For a job that would follow another on an open session: it takes what it would take
+        alone, but only what is free at once.
+        """
+        if self._limits.breaker_wait(provider.name) > 0:
+            return False
+        return self._limits.reserve_rate(provider, NOW_SECONDS) is not None
 
     def admit(self, provider: ProviderConfig) -> float:
         """At send time: take the breaker's admission (probe if half open), then the daily count.

@@ -1,15 +1,22 @@
-"""Send one job on a sender thread: choose a provider, wait for its rate slot, send, fail over.
+"""Send jobs on a sender thread: choose a provider, wait for its rate slot, send, fail over.
 
-Runs off the slot's thread, so it never touches the database: it returns a `JobResult` that the
+A sender thread takes a run of a chunk's jobs. Each goes as one job alone would; where its
+provider can take the jobs after it at once, they follow on the same session, each envelope
+written behind the previous message's final dot (RFC 2920 3.1): one round trip and one write a
+message instead of two, and one thread hand-off for the run instead of one per job.
+
+Runs off the slot's thread, so it never touches the database: it returns `JobResult`s that the
 slot records. Everything here must be safe to run on many threads at once.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from massmailer.delivery import retry
@@ -17,7 +24,13 @@ from massmailer.delivery.destinations import DestinationLimits, default_destinat
 from massmailer.delivery.dkim import DkimSigner
 from massmailer.delivery.limits.interface import Limits
 from massmailer.delivery.picker import NoProvider, ProviderPicker, Reservation
-from massmailer.delivery.providers.base import Delivered, FailureKind, ProviderConfig, SendError
+from massmailer.delivery.providers.base import (
+    Delivered,
+    Envelope,
+    FailureKind,
+    ProviderConfig,
+    SendError,
+)
 from massmailer.delivery.providers.pool import PoolRegistry, PoolTimeout
 from massmailer.jobstore import ClaimedJob
 from massmailer.outages import OUTAGE_ERRORS
@@ -42,6 +55,16 @@ MAX_LATE_SLOTS = 3
 # throttled try is an attempt row but charges nothing.
 MAX_THROTTLED_TRIES = 3
 _UNCHARGED_OUTCOMES = frozenset(str(kind) for kind in retry.UNCHARGED_KINDS)
+# A run is at most this many jobs: longer runs save little more, and a chunk's sends spread over
+# fewer sessions (a run's jobs go one after another).
+MAX_RUN_LENGTH = 8
+# Chunks are cut into at least this many runs while a run keeps two jobs or more.
+MIN_RUNS_PER_CHUNK = 16
+
+
+def run_length(chunk_length: int) -> int:
+    """How many jobs one sender thread takes from a chunk of this many: 1 for a small chunk."""
+    return max(1, min(MAX_RUN_LENGTH, chunk_length // MIN_RUNS_PER_CHUNK))
 
 
 def late_slot_tolerance(provider: ProviderConfig) -> float:
@@ -89,12 +112,32 @@ class JobResult:
     wait_seconds: float | None = None
     not_started: str | None = None
     outage: BaseException | None = None
+    bug: Exception | None = None  # sending it raised: a fault of ours, not the provider's
 
     @property
     def charged(self) -> int:
         """Tries that count toward max attempts: every provider tried, except uncharged kinds
         (nothing sent, or a throttle reply: retry.UNCHARGED_KINDS)."""
         return sum(1 for a in self.attempts if a.outcome not in _UNCHARGED_OUTCOMES)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A composed job, ready for a sender thread: its envelope sender and message bytes."""
+
+    job: ClaimedJob
+    mail_from: str
+    data: bytes
+
+
+@dataclass
+class _Tries:
+    """One job between its tries on a sender thread."""
+
+    outgoing: Outgoing
+    result: JobResult
+    tried: list[str] = field(default_factory=list)  # failed this job: strictly avoided from now
+    throttled: list[str] = field(default_factory=list)  # asked us to slow down: avoided if can
 
 
 @dataclass(frozen=True)
@@ -131,20 +174,37 @@ class JobSender:
 
     def send(self, job: ClaimedJob, mail_from: str, data: bytes, window: SendWindow) -> JobResult:
         """Deliver job on the first provider that can take it; fail over on provider faults."""
-        result = JobResult(job)
-        try:
-            self._send(result, mail_from, data, window)
-        except OUTAGE_ERRORS as exc:
-            # Redis (limits, breakers, slots) stopped answering before anything was sent.
-            if result.delivered is None:
-                result.outage = exc
-                result.not_started = result.not_started or "outage"
+        result = self.send_run([Outgoing(job, mail_from, data)], window)[0]
+        if result.bug is not None:
+            raise result.bug
         return result
 
-    def _send(self, result: JobResult, mail_from: str, data: bytes, window: SendWindow) -> None:
+    def send_run(self, run: Sequence[Outgoing], window: SendWindow) -> list[JobResult]:
+        """Deliver each job of the run, in order, chaining on a session the jobs that can follow.
+
+        Never raises for one job's sake: a job whose send raised comes back with `bug` set, so
+        that the others' outcomes (a 250 among them) are still recorded.
+        """
+        everyone = [_Tries(outgoing, JobResult(outgoing.job)) for outgoing in run]
+        queue = deque(everyone)
+        while queue:
+            tries = queue.popleft()
+            result = tries.result
+            try:
+                self._send(tries, window, queue)
+            except OUTAGE_ERRORS as exc:
+                # Redis (limits, breakers, slots) stopped answering before anything was sent.
+                if result.delivered is None:
+                    result.outage = exc
+                    result.not_started = result.not_started or "outage"
+            except Exception as exc:
+                result.bug = exc
+        return [tries.result for tries in everyone]
+
+    def _send(self, tries: _Tries, window: SendWindow, queue: deque[_Tries]) -> None:
+        result = tries.result
         job = result.job
-        tried: list[str] = []  # providers that failed this job (strictly avoided from now on)
-        throttled: list[str] = []  # providers that asked us to slow down (avoided if possible)
+        tried, throttled = tries.tried, tries.throttled
         late_slots = 0
         gives_up = self._monotonic() + self._rate_wait_seconds
         horizon = reservation_horizon(job.priority)
@@ -164,8 +224,9 @@ class JobSender:
                 slot = self._monotonic() + wait
                 if wait > 0:
                     self._pools.get(choice.provider).prewarm()
-                # Holding no session: a near rate slot is worth waiting for.
-                self._sleep(max(0.0, slot - self._monotonic()))
+                    # Holding no session: a near rate slot is worth waiting for. (A slot due
+                    # now costs no sleep call: even sleep(0) gives up the GIL and the core.)
+                    self._sleep(max(0.0, slot - self._monotonic()))
                 tolerance = late_slot_tolerance(choice.provider)
                 if subject is not None:  # the tighter schedule decides what counts as late
                     tolerance = min(tolerance, late_slot_tolerance(subject))
@@ -177,7 +238,10 @@ class JobSender:
                     continue
                 wait = self._picker.admit(choice.provider)
                 if wait == 0:
-                    error = self._try(result, choice.provider, mail_from, data, window)
+                    # Others follow only a provider drawn freely by weight: one that this job
+                    # fell back to after a failure would take the rest of the run with it.
+                    fresh = not (tried or throttled or job.failed_provider)
+                    error = self._try(tries, choice.provider, window, queue if fresh else deque())
                     if isinstance(error, PoolTimeout):
                         # Every session this provider allows (fleet-wide) is busy: capacity,
                         # not failure. Look again soon rather than park the job in a tier.
@@ -244,32 +308,155 @@ class JobSender:
         return True
 
     def _try(
-        self,
-        result: JobResult,
-        provider: ProviderConfig,
-        mail_from: str,
-        data: bytes,
-        window: SendWindow,
+        self, tries: _Tries, provider: ProviderConfig, window: SendWindow, queue: deque[_Tries]
     ) -> SendError | None:
-        """Send once through provider; add the attempt; return the error, or None once sent."""
-        job = result.job
-        attempt_no = job.attempts + len(result.attempts) + 1
+        """Send once through provider, with what can follow; return the error, None once sent.
+
+        The jobs that follow on the session are settled here: sent, failed for good, or put
+        back at the head of the queue to go on from that try (fail over, or a fresh slot).
+        """
+        result = tries.result
         started = self._monotonic()
-        if self._signer:
-            # Signed per try, before taking a session: which headers h= may cover depends on
-            # the provider (dkim_exclude_headers), and t= is the time of sending.
-            data = self._signer.sign(data, job.sender, provider.dkim_exclude_headers)
-        delivered: Delivered | None = None
+        taken: dict[int, tuple[_Tries, float]] = {result.job.job_id: (tries, started)}
+        settled: list[tuple[_Tries, SendError | None]] = []
+        halt: list[bool] = []  # set at the first refusal: the rest wait for its bookkeeping
         try:
             with self._pools.get(provider).session() as smtp:
-                deadline = self._monotonic() + window.deadline_seconds
-                delivered = smtp.send(mail_from, job.recipient, data, deadline=deadline)
+                leader = self._envelope(tries, provider)
+                followers = self._followers(provider, queue, window, taken, halt)
+                stream = smtp.send_many(
+                    itertools.chain([leader], followers), each_within=window.deadline_seconds
+                )
+                for envelope, outcome in stream:
+                    state, began = taken[envelope.key]  # type: ignore[index]
+                    # Recorded and logged as each reply comes, as a job sent alone is.
+                    error = self._settle(state.result, provider, outcome, self._ms_since(began))
+                    settled.append((state, error))
+                    if error is not None:
+                        halt.append(True)
         except PoolTimeout as busy:
             # Every session to this provider is busy: capacity, not failure; nothing is recorded.
             if result.error is None:
                 result.wait_seconds = 0.0
             return busy
-        except SendError as error:
+        except SendError as error:  # the session would not open: only this job was tried
+            settled.append((tries, self._settle(result, provider, error, self._ms_since(started))))
+        except Exception as exc:
+            # Bookkeeping failed while the pool took the session back after the provider's
+            # 250s (Redis away, READONLY, OOM...): what was delivered stays delivered, and
+            # nothing may release, retry or re-send it. A failure mid-stream leaves the jobs
+            # written but not answered unknown.
+            for state in self._unanswered(tries, taken, settled, exc):
+                lost = SendError(
+                    FailureKind.UNKNOWN_OUTCOME, f"the stream failed: {type(exc).__name__}"
+                )
+                settled.append((state, self._settle(state.result, provider, lost, 0)))
+            logger.warning("event=bookkeeping_failed_after_send provider=%s", provider.name)
+        return self._after_stream(tries, provider, settled, queue)
+
+    def _envelope(self, tries: _Tries, provider: ProviderConfig) -> Envelope:
+        outgoing = tries.outgoing
+        data = outgoing.data
+        if self._signer:
+            # Signed per try, right before it goes: which headers h= may cover depends on the
+            # provider (dkim_exclude_headers), and t= is the time of sending.
+            data = self._signer.sign(data, outgoing.job.sender, provider.dkim_exclude_headers)
+        return Envelope(outgoing.mail_from, outgoing.job.recipient, data, key=outgoing.job.job_id)
+
+    def _followers(
+        self,
+        provider: ProviderConfig,
+        queue: deque[_Tries],
+        window: SendWindow,
+        taken: dict[int, tuple[_Tries, float]],
+        halt: list[bool],
+    ) -> Iterator[Envelope]:
+        """The next jobs of the run that provider can take now, each as its turn to go comes.
+
+        A follower takes the rate slot and the admission it would take alone, but only if they
+        are free at once: the session is open and a transaction in flight, so nothing here
+        waits. Any failure here only ends the following; the job waits for its own turn.
+        """
+        try:
+            while queue and not halt and self._may_follow(queue[0], provider):
+                if window.may_start(window.deadline_seconds) is not None:
+                    return
+                if not self._picker.reserve_now(provider):
+                    return
+                if self._picker.admit(provider) != 0:
+                    return  # its slot lapses unused, as any unused reservation does
+                envelope = self._envelope(queue[0], provider)
+                tries = queue.popleft()  # only now: a job whose envelope failed stays queued
+                taken[tries.result.job.job_id] = (tries, self._monotonic())
+                yield envelope
+        except Exception:
+            logger.warning("event=following_stopped provider=%s", provider.name, exc_info=True)
+
+    def _may_follow(self, tries: _Tries, provider: ProviderConfig) -> bool:
+        job = tries.result.job
+        name = provider.name
+        return (
+            name not in tries.tried
+            and name not in tries.throttled
+            and job.failed_provider != name
+            # A limited destination's own schedule is reserved by the job's own turn.
+            and self._destinations.limit_for(job.recipient) is None
+        )
+
+    @staticmethod
+    def _unanswered(
+        leader: _Tries,
+        taken: dict[int, tuple[_Tries, float]],
+        settled: list[tuple[_Tries, SendError | None]],
+        exc: Exception,
+    ) -> list[_Tries]:
+        """The followers written but not answered when the stream failed with exc."""
+        answered = {id(state) for state, _ in settled}
+        if id(leader) not in answered:
+            raise exc  # a fault of ours before its outcome: the slot charges it
+        return [state for state, _ in taken.values() if id(state) not in answered]
+
+    def _after_stream(
+        self,
+        tries: _Tries,
+        provider: ProviderConfig,
+        settled: list[tuple[_Tries, SendError | None]],
+        queue: deque[_Tries],
+    ) -> SendError | None:
+        """Return the leader's error; put back the followers that go on from their try."""
+        leader_error: SendError | None = None
+        again: list[_Tries] = []
+        for state, error in settled:
+            if state is tries:
+                leader_error = error
+            elif error is not None and self._goes_on(state, provider, error):
+                again.append(state)
+        queue.extendleft(reversed(again))  # their turn comes before the jobs not yet tried
+        return leader_error
+
+    @staticmethod
+    def _goes_on(tries: _Tries, provider: ProviderConfig, error: SendError) -> bool:
+        """After a follower's failed try: True if it tries again here, as the leader would."""
+        if error.kind is FailureKind.PROVIDER_FAULT:
+            tries.tried.append(provider.name)
+            return True
+        if error.kind is FailureKind.THROTTLED:
+            tries.throttled.append(provider.name)
+            return len(tries.throttled) < MAX_THROTTLED_TRIES
+        return False
+
+    def _settle(
+        self,
+        result: JobResult,
+        provider: ProviderConfig,
+        outcome: Delivered | SendError,
+        duration_ms: int,
+    ) -> SendError | None:
+        """Record one try on result: its attempt, the breaker, the log line."""
+        job = result.job
+        attempt_no = job.attempts + len(result.attempts) + 1
+        if isinstance(outcome, SendError):
+            error = outcome
             result.provider, result.error = provider.name, error
             self._note_health(provider, error, job.recipient)
             result.attempts.append(
@@ -280,7 +467,7 @@ class JobSender:
                     error.smtp_code,
                     error.enhanced,
                     error.message[:1000],
-                    self._ms_since(started),
+                    duration_ms,
                 )
             )
             logger.info(
@@ -293,16 +480,8 @@ class JobSender:
                 attempt_no,
             )
             return error
-        except Exception:
-            if delivered is None:
-                raise
-            # Bookkeeping failed while the pool took the session back, after the provider's 250
-            # (Redis away, READONLY, OOM...): the message is delivered, and nothing may release,
-            # retry or re-send it.
-            logger.warning("event=bookkeeping_failed_after_send job_id=%d", job.job_id)
-        assert delivered is not None
+        delivered = outcome
         result.provider, result.delivered, result.error = provider.name, delivered, None
-        duration_ms = self._ms_since(started)
         result.attempts.append(
             Attempt(attempt_no, provider.name, "sent", delivered.smtp_code, None, None, duration_ms)
         )

@@ -10,6 +10,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from massmailer.delivery.providers.base import (
     Delivered,
@@ -44,6 +45,13 @@ _EXPECTED: tuple[tuple[Stage, frozenset[int]], ...] = (
 )
 
 Outcome = Delivered | SendError
+
+
+class _Deadlines(NamedTuple):
+    """One send_many call's bounds: all of it (monotonic time, or None), and each transaction."""
+
+    call: float | None
+    each_within: float
 
 
 class _LinkLost(Exception):
@@ -146,7 +154,11 @@ class SmtpSession:
         raise self._error(FailureKind.NOT_SENT, "deadline passed before the send started")
 
     def send_many(
-        self, envelopes: Iterable[Envelope], *, deadline: float | None = None
+        self,
+        envelopes: Iterable[Envelope],
+        *,
+        deadline: float | None = None,
+        each_within: float | None = None,
     ) -> Iterator[tuple[Envelope, Outcome]]:
         """Send each envelope in turn; yield (envelope, Delivered or SendError) as each settles.
 
@@ -158,7 +170,8 @@ class SmtpSession:
         yielded exactly once, unless the caller abandons the iterator (then the session is
         broken and the envelopes taken but not yielded were not necessarily sent: treat them as
         unknown). Each transaction must end within `config.transaction_seconds` of being taken;
-        `deadline` bounds them all and no envelope is taken after it. The iterator ends early
+        `each_within` (seconds) can only shorten that, and `deadline` bounds them all: no
+        envelope is taken after it. The iterator ends early
         when the session breaks. If the connection drops after a chained final dot, that
         message is UNKNOWN_OUTCOME and the next one, whose data was never sent, NOT_SENT.
         """
@@ -173,7 +186,10 @@ class SmtpSession:
             raise self._error(FailureKind.TRANSIENT, "an earlier transaction was left in flight")
         pipelined = self._pipelining and self._smtp.has_extn("pipelining")
         self._stream = stream = object()
-        return self._outcomes(stream, iter(envelopes), deadline, pipelined)
+        limit = self.config.transaction_seconds
+        if each_within is not None:
+            limit = min(limit, each_within)
+        return self._outcomes(stream, iter(envelopes), _Deadlines(deadline, limit), pipelined)
 
     @property
     def pipelining(self) -> bool:
@@ -184,7 +200,7 @@ class SmtpSession:
         self,
         stream: object,
         source: Iterator[Envelope],
-        deadline: float | None,
+        deadline: _Deadlines,
         pipelined: bool,
     ) -> Iterator[tuple[Envelope, Outcome]]:
         try:
@@ -204,10 +220,10 @@ class SmtpSession:
                 self._idle()
 
     def _send_one_by_one(
-        self, source: Iterator[Envelope], call_deadline: float | None
+        self, source: Iterator[Envelope], deadlines: _Deadlines
     ) -> Iterator[tuple[Envelope, Outcome]]:
         while self.usable:
-            taken = self._take(source, call_deadline)
+            taken = self._take(source, deadlines)
             if taken is None:
                 return
             envelope, deadline = taken
@@ -242,23 +258,23 @@ class SmtpSession:
         return self._delivered(code, reply)
 
     def _send_pipelined(
-        self, source: Iterator[Envelope], call_deadline: float | None
+        self, source: Iterator[Envelope], deadlines: _Deadlines
     ) -> Iterator[tuple[Envelope, Outcome]]:
         """Pipelined transactions, each envelope's commands chained behind the previous dot."""
         waiting: tuple[Envelope, float] | None = None  # had its 354: its data goes out next
         while True:
             refused: list[tuple[Envelope, Outcome]] = []
-            taken = self._take_valid(source, call_deadline, refused)
+            taken = self._take_valid(source, deadlines, refused)
             if waiting is None and taken is None:
                 self._idle()
                 yield from refused
                 return
             wire = data_block(waiting[0].message) if waiting else b""
             wire += b"".join(taken[2]) if taken else b""
-            deadlines = [item[1] for item in (waiting, taken) if item is not None]
+            due = [item[1] for item in (waiting, taken) if item is not None]
             self._in_transaction = True
             try:
-                self._write(wire, min(deadlines))
+                self._write(wire, min(due))
             except _LinkLost as lost:
                 # A failed write leaves unknown how much went out: the dot may have.
                 yield from self._lost_in_flight(waiting, taken, lost)
@@ -352,26 +368,27 @@ class SmtpSession:
         self.last_used = self._clock()
 
     def _take(
-        self, source: Iterator[Envelope], call_deadline: float | None
+        self, source: Iterator[Envelope], deadlines: _Deadlines
     ) -> tuple[Envelope, float] | None:
         """Take the next envelope and give it its deadline; None when done or out of time."""
         now = time.monotonic()
+        call_deadline = deadlines.call
         if call_deadline is not None and now >= call_deadline:
             return None
         envelope = next(source, None)
         if envelope is None:
             return None
-        deadline = now + self.config.transaction_seconds
+        deadline = now + deadlines.each_within
         return envelope, deadline if call_deadline is None else min(deadline, call_deadline)
 
     def _take_valid(
         self,
         source: Iterator[Envelope],
-        call_deadline: float | None,
+        deadlines: _Deadlines,
         refused: list[tuple[Envelope, Outcome]],
     ) -> tuple[Envelope, float, tuple[bytes, ...]] | None:
         """Take the next envelope that can be sent; add the unsendable ones to `refused`."""
-        while (taken := self._take(source, call_deadline)) is not None:
+        while (taken := self._take(source, deadlines)) is not None:
             lines = self._commands(taken[0])
             if not isinstance(lines, SendError):
                 return taken[0], taken[1], lines
