@@ -171,9 +171,9 @@ class SmtpSession:
         broken and the envelopes taken but not yielded were not necessarily sent: treat them as
         unknown). Each transaction must end within `config.transaction_seconds` of being taken;
         `each_within` (seconds) can only shorten that, and `deadline` bounds them all: no
-        envelope is taken after it. The iterator ends early
-        when the session breaks. If the connection drops after a chained final dot, that
-        message is UNKNOWN_OUTCOME and the next one, whose data was never sent, NOT_SENT.
+        envelope is taken after it. The iterator ends early when the session breaks. If the
+        connection drops after a chained final dot, that message is UNKNOWN_OUTCOME and the
+        next one, whose data was never sent, NOT_SENT.
         """
         if not self.usable:
             raise RuntimeError(f"send on a session that is not open: {self!r}")
@@ -200,14 +200,14 @@ class SmtpSession:
         self,
         stream: object,
         source: Iterator[Envelope],
-        deadline: _Deadlines,
+        deadlines: _Deadlines,
         pipelined: bool,
     ) -> Iterator[tuple[Envelope, Outcome]]:
         try:
             if pipelined:
-                yield from self._send_pipelined(source, deadline)
+                yield from self._send_pipelined(source, deadlines)
             else:
-                yield from self._send_one_by_one(source, deadline)
+                yield from self._send_one_by_one(source, deadlines)
         except BaseException:
             # Abandoned or interrupted (a signal, a time limit) with our bytes on the wire: the
             # stream may hold half a message, so an RSET could be read as data. Never reuse it.
