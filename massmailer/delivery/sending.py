@@ -55,8 +55,9 @@ MAX_LATE_SLOTS = 3
 # throttled try is an attempt row but charges nothing.
 MAX_THROTTLED_TRIES = 3
 _UNCHARGED_OUTCOMES = frozenset(str(kind) for kind in retry.UNCHARGED_KINDS)
-# A run is at most this many jobs: longer runs save little more, and a chunk's sends spread over
-# fewer sessions (a run's jobs go one after another).
+# A run is at most this many jobs. Longer runs save CPU against a fast provider, but a run's jobs
+# go one after another and the slot waits for its whole chunk, so against a distant provider they
+# make each chunk last longer (12 against 8: +20 % and -15 %, bench/README.md).
 MAX_RUN_LENGTH = 8
 # Chunks are cut into at least this many runs while a run keeps two jobs or more.
 MIN_RUNS_PER_CHUNK = 16
