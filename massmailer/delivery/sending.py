@@ -250,14 +250,8 @@ class JobSender:
                         wait = RATE_POLL_SECONDS
                     elif error is None:
                         return
-                    elif error.kind is FailureKind.THROTTLED:
-                        throttled.append(choice.provider.name)
-                        if len(throttled) >= MAX_THROTTLED_TRIES:
-                            return  # uncharged, to the shortest delay tier
-                        continue  # a fresh slot of the cut rate, or another provider
-                    elif error.kind is FailureKind.PROVIDER_FAULT:
-                        tried.append(choice.provider.name)
-                        continue  # a provider fault says nothing about the message: fail over
+                    elif self._tries_again(tries, choice.provider, error):
+                        continue
                     else:
                         return
             if self._wait_in_process(wait, gives_up, window):
@@ -430,14 +424,19 @@ class JobSender:
         for state, error in settled:
             if state is tries:
                 leader_error = error
-            elif error is not None and self._goes_on(state, provider, error):
+            elif error is not None and self._tries_again(state, provider, error):
                 again.append(state)
         queue.extendleft(reversed(again))  # their turn comes before the jobs not yet tried
         return leader_error
 
     @staticmethod
-    def _goes_on(tries: _Tries, provider: ProviderConfig, error: SendError) -> bool:
-        """After a follower's failed try: True if it tries again here, as the leader would."""
+    def _tries_again(tries: _Tries, provider: ProviderConfig, error: SendError) -> bool:
+        """Note a failed try against its provider; True if the job tries again on this thread.
+
+        A provider fault says nothing about the message: fail over. A throttle asks for a
+        fresh slot of the cut rate, or another provider, up to MAX_THROTTLED_TRIES; then the job
+        goes, uncharged, to the shortest delay tier. Anything else ends the job's tries here.
+        """
         if error.kind is FailureKind.PROVIDER_FAULT:
             tries.tried.append(provider.name)
             return True
