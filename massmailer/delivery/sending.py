@@ -314,11 +314,10 @@ class JobSender:
         started = self._monotonic()
         taken: dict[int, tuple[_Tries, float]] = {result.job.job_id: (tries, started)}
         settled: list[tuple[_Tries, SendError | None]] = []
-        halt: list[bool] = []  # set at the first refusal: the rest wait for its bookkeeping
         try:
             with self._pools.get(provider).session() as smtp:
                 leader = self._envelope(tries, provider)
-                followers = self._followers(provider, queue, window, taken, halt)
+                followers = self._followers(provider, queue, window, taken, settled)
                 stream = smtp.send_many(
                     itertools.chain([leader], followers), each_within=window.deadline_seconds
                 )
@@ -327,8 +326,6 @@ class JobSender:
                     # Recorded and logged as each reply comes, as a job sent alone is.
                     error = self._settle(state.result, provider, outcome, self._ms_since(began))
                     settled.append((state, error))
-                    if error is not None:
-                        halt.append(True)
         except PoolTimeout as busy:
             # Every session to this provider is busy: capacity, not failure; nothing is recorded.
             if result.error is None:
@@ -364,16 +361,20 @@ class JobSender:
         queue: deque[_Tries],
         window: SendWindow,
         taken: dict[int, tuple[_Tries, float]],
-        halt: list[bool],
+        settled: list[tuple[_Tries, SendError | None]],
     ) -> Iterator[Envelope]:
         """The next jobs of the run that provider can take now, each as its turn to go comes.
 
         A follower takes the rate slot and the admission it would take alone, but only if they
         are free at once: the session is open and a transaction in flight, so nothing here
-        waits. Any failure here only ends the following; the job waits for its own turn.
+        waits. Following stops at the first refusal among the tries `settled` so far (the rest
+        wait for its bookkeeping: a throttle cuts the rate, a fault counts toward the breaker).
+        Any failure here only ends the following; the job waits for its own turn.
         """
         try:
-            while queue and not halt and self._may_follow(queue[0], provider):
+            while queue and self._may_follow(queue[0], provider):
+                if any(error is not None for _, error in settled):
+                    return
                 if window.may_start(window.deadline_seconds) is not None:
                     return
                 if not self._picker.reserve_now(provider):
