@@ -123,6 +123,34 @@ def test_nul_and_lone_surrogates_answer_400_not_500(client, auth, payload, field
     assert_refused(post(client, auth, payload, path), 400, field)
 
 
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        # The ways a raw body can carry them: upper-case escapes, a UTF-8-encoded surrogate
+        # (json decodes with surrogatepass), and escapes inside a UTF-16 body.
+        (b'{"to": "ann@example.com", "subject": "\\uDBFF", "text": "y"}', "subject"),
+        (b'{"to": "ann@example.com", "subject": "x", "text": "a\xed\xb0\x80"}', "text"),
+        ('{"to": "ann@example.com", "subject": "x", "text": "a\\u0000"}'.encode("utf-16"), "text"),
+    ],
+)
+def test_nul_and_lone_surrogates_in_raw_bodies_answer_400(client, auth, raw, field):
+    response = client.post(
+        "/v1/emails", data=raw, headers={**auth, "Content-Type": "application/json"}
+    )
+
+    assert_refused(response, 400, field)
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_a_nul(client, auth):
+    raw = b'{"to": "ann@example.com", "subject": "x", "text": "C:\\\\u0000"}'
+
+    response = client.post(
+        "/v1/emails", data=raw, headers={**auth, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 202, response.get_data(as_text=True)[:300]
+
+
 def test_nul_in_the_url_answers_400_not_500(client, auth):
     assert_refused(client.get("/v1/suppressions/a%00b@example.com", headers=auth), 400, "path")
     assert_refused(client.get("/v1/suppressions?after=%00", headers=auth), 400, "query.after")

@@ -16,6 +16,10 @@ from massmailer.validation import ValidationError
 
 MAX_DEPTH = 32  # objects and arrays inside each other; a request needs fewer than five
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+# What a raw body needs before its parsed strings can hold NUL or a lone surrogate: a \u0000 or
+# \ud800-\udfff escape, a UTF-8-encoded surrogate (json decodes with surrogatepass), or a NUL
+# byte (any UTF-16 or UTF-32 body has them). A body without any is checked for depth alone.
+_SUSPECT_BYTES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|\xed[\xa0-\xbf]|\x00")
 
 
 def json_body() -> object:
@@ -28,7 +32,8 @@ def json_body() -> object:
         raise ValidationError(
             "body", "the request body must be JSON (Content-Type: application/json)"
         )
-    check_text(payload)
+    if _SUSPECT_BYTES.search(request.get_data(cache=True)) or not _nesting_within(payload):
+        check_text(payload)  # walks every string too, and names where it fails
     return payload
 
 
@@ -46,6 +51,19 @@ def check_text(payload: object) -> None:
             for key, item in items:
                 inner = f"{where}[{key}]" if isinstance(key, int) else _field(where, key)
                 stack.append((item, inner, depth + 1))
+
+
+def _nesting_within(payload: object) -> bool:
+    """Whether no container lies deeper than MAX_DEPTH (a walk of containers only)."""
+    stack: list[tuple[object, int]] = [(payload, 0)] if isinstance(payload, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            return False
+        for item in value.values() if isinstance(value, dict) else value:
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+    return True
 
 
 def integral_numbers(payload: object, *names: str) -> None:
