@@ -7,6 +7,7 @@ import email.policy
 import os
 import random
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -340,6 +341,16 @@ def test_make_message_id_is_unique_and_well_formed():
     assert len(ids) == 100
     assert all(re.fullmatch(r"<[0-9a-f]{32}@mail\.example\.com>", i) for i in ids)
     assert parse(build(message_id=ids.pop()))["Message-ID"]
+
+
+def test_message_ids_made_later_sort_later():
+    # The unique index then takes new ids at its right edge (message_id_prefix).
+    earlier = make_message_id("x.test")
+    time.sleep(0.002)
+    later = [make_message_id("x.test") for _ in range(3)]
+
+    assert all(earlier < id_ for id_ in later)
+    assert len({id_[13:33] for id_ in later}) == 3  # the random part differs within a millisecond
 
 
 def test_a_forked_child_draws_other_ids_than_its_parent():

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from massmailer.batches.intake import Recipient
-from massmailer.delivery.message import make_message_id
+from massmailer.delivery.message import make_message_id, message_id_prefix
 from massmailer.models import Batch, Status
 
 COLUMNS = (
@@ -116,5 +116,6 @@ def _field(value: object) -> str:
 def _message_ids(domain: str, count: int) -> list[str]:
     """count Message-IDs like make_message_id's, from one read of the system's random source."""
     make_message_id(domain)  # refuses a domain that is not an ASCII host name
-    digits = secrets.token_hex(16 * count)
-    return [f"<{digits[i : i + 32]}@{domain}>" for i in range(0, 32 * count, 32)]
+    prefix = message_id_prefix()
+    digits = secrets.token_hex(10 * count)
+    return [f"<{prefix}{digits[i : i + 20]}@{domain}>" for i in range(0, 20 * count, 20)]

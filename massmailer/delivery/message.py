@@ -11,6 +11,7 @@ import binascii
 import os
 import random
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -97,10 +98,22 @@ def build_message(msg: OutgoingMessage) -> bytes:
 
 
 def make_message_id(domain: str) -> str:
-    """Return a new Message-ID "<32 hex digits@domain>"."""
+    """Return a new Message-ID "<32 hex digits@domain>": message_id_prefix() and 80 random bits."""
     if not re.fullmatch(r"[A-Za-z0-9.\-]+", domain):
         raise ValueError("domain must be an ASCII host name")
-    return f"<{_unique_hex()}@{domain}>"
+    return f"<{message_id_prefix()}{_unique.getrandbits(80):020x}@{domain}>"
+
+
+def message_id_prefix() -> str:
+    """The Message-ID's first 12 hex digits: the time in milliseconds.
+
+    Ids made later sort later, so the unique index on email_jobs.message_id takes a batch's ids
+    at its right edge instead of at 10,000 random leaves of a large index, each of which costs a
+    full-page image in the WAL after a checkpoint (bench/README.md: 10,000 rows into 1,000,000
+    took 150-160 ms instead of 280-330 ms right after one). The 80 random bits that follow keep
+    ids made in one millisecond apart.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}"
 
 
 def verp_sender(bounce_addr: str, job_id: int, mac: str | None = None) -> str:
