@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 import massmailer.batches as batches
 from massmailer import suppressions
-from massmailer.batches.intake import UNSUBSCRIBE_VAR, BatchRequest, Rejection, Screened
+from massmailer.batches.intake import UNSUBSCRIBE_VAR, BatchRequest, Rejection
 from massmailer.batches.store import StoredBatch
 from massmailer.config import Settings
 from massmailer.delivery.message import make_message_id
@@ -31,6 +31,12 @@ RENDER_BUDGET_SECONDS = 20.0
 ANALYZE_AFTER_JOBS = 1000
 ANALYZE_LOCK_KEY = 0x6D6D_616E_616C_7A
 jobs = EmailJob.__table__
+
+
+@dataclass
+class Screened:
+    accepted: list = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

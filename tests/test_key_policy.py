@@ -6,13 +6,13 @@ import logging
 
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from massmailer import apikeys, create_app
 from massmailer.apikeys import KeyOptions
 from massmailer.config import load_settings
 from massmailer.extensions import db
-from massmailer.models import AuditEntry
+from massmailer.models import AuditEntry, Batch, EmailJob
 from massmailer.quotas import MemoryQuotas, Quota, RedisQuotas
 from tests import infra
 
@@ -116,6 +116,10 @@ def test_recipients_over_the_daily_cap_answer_429_and_store_nothing(client, app)
 
     assert (first.status_code, second.status_code, single.status_code) == (202, 429, 202)
     assert 1 <= int(second.headers["Retry-After"]) <= 86_400
+    # The refused batch's jobs were copied before it was counted, and rolled back with it.
+    stored = db.session.scalars(select(EmailJob.recipient)).all()
+    assert len(stored) == first.get_json()["accepted"] + 1
+    assert db.session.scalar(select(func.count()).select_from(Batch)) == 1
     assert client.post("/v1/emails", json=EMAIL, headers=auth).status_code == 429
 
 

@@ -34,13 +34,14 @@ def create_batch():
         max_recipients=settings.max_batch_recipients,
     )
     check_sender(batch.from_addr)
-    screened = batches.screen(db.session, batch, settings=settings)
-    take_recipients(len(screened.accepted))
+    screening = batches.screen(db.session, batch, settings=settings)
 
     def create():
         stored = batches.store(
-            db.session, batch, screened, api_key_id=g.api_key.id, settings=settings
+            db.session, batch, screening, api_key_id=g.api_key.id, settings=settings
         )
+        # Counted once screened; over the cap, the jobs just copied are rolled back.
+        take_recipients(len(stored.job_ids))
         return 202, stored.response(), stored
 
     response, stored = guard.run(create)

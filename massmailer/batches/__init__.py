@@ -1,11 +1,11 @@
 """Batches: one template, many recipients with their variables; one job per recipient.
 
 Intake parses the request and screens each recipient (intake.py) against what the template needs,
-without rendering it (variables.py, subject.py, addresses.py); the batch and its jobs are stored
-in the caller's transaction, the jobs by COPY (copy.py), and published in chunks after the commit
-(store.py). Delivery renders text and html when it sends, from the batch's template (compiled
-once per process, cache.py) and the job's variables. The sweep keeps the table's statistics
-fresh (statistics.py).
+without rendering it (variables.py, subject.py, addresses.py); the batch and its jobs are stored in
+the caller's transaction, the jobs by COPY (copy.py) as they are screened, and published in chunks
+after the commit (store.py). Delivery renders text and html when it sends, from the batch's template
+(compiled once per process, cache.py) and the job's variables. The sweep keeps the table's
+statistics fresh (statistics.py).
 """
 
 from massmailer.batches.cache import BatchTemplates
@@ -14,7 +14,7 @@ from massmailer.batches.intake import (
     BatchRequest,
     Recipient,
     Rejection,
-    Screened,
+    Screening,
     TooManyRecipients,
     parse_batch_request,
     screen,
@@ -29,7 +29,7 @@ __all__ = [
     "BatchTemplates",
     "Recipient",
     "Rejection",
-    "Screened",
+    "Screening",
     "StoredBatch",
     "TooManyRecipients",
     "cancel",

@@ -1,16 +1,17 @@
 """Insert a batch's jobs with PostgreSQL COPY, in the session's open transaction.
 
-COPY takes rows as one text stream and skips the per-row statement work of INSERT; the job ids
-are drawn from the table's own sequence first (one query), so no RETURNING is needed and the
-ids are known before the rows land. Nothing is committed here: the caller's transaction holds
+COPY takes rows as one text stream and skips the per-row statement work of INSERT; the job ids are
+drawn from the table's own sequence first (one query), so no RETURNING is needed and the ids are
+known before the rows land. The rows are made as the server reads them, so it stores the first ones
+while the rest are still being screened. Nothing is committed here: the caller's transaction holds
 the idempotency row, the batch row and these jobs together.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import secrets
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from sqlalchemy import text
@@ -33,13 +34,16 @@ NULL = r"\N"
 # COPY's text format: backslash, and the row and column separators, are escaped.
 _SPECIAL = re.compile(r"[\\\t\n\r]")
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_COPY_BUFFER = 1 << 20  # bytes per write to the server
+# Characters per read, each sent to the server at once: small enough that PostgreSQL stores the
+# first rows while the rest are screened, large enough that a read costs little.
+_COPY_BUFFER = 1 << 16
 
 
 def copy_jobs(
     session: Session,
     batch: Batch,
-    accepted: list[Recipient],
+    accepted: Iterable[Recipient],
+    most: int,
     domain: str,
     now: datetime,
     *,
@@ -47,27 +51,71 @@ def copy_jobs(
 ) -> list[int]:
     """COPY one PENDING job per accepted recipient; return their ids in recipient order.
 
+    `accepted` is read as PostgreSQL takes the rows, at most `most` of them: ids and Message-IDs
+    are drawn for that many, and the ones left over are never used.
     `enqueued`: stamp them as enqueued already (the batch's `unconfirmed_since` stands for the
     publish until it is confirmed), rather than with an UPDATE of every job afterwards.
     """
-    ids = sorted(session.execute(_NEXT_IDS, {"n": len(accepted)}).scalars())
-    stream = io.StringIO(_rows(batch, accepted, ids, domain, now, enqueued))
+    ids = sorted(session.execute(_NEXT_IDS, {"n": most}).scalars())
+    counted = _Counted(accepted)
+    stream = _LineReader(_rows(batch, counted, ids, domain, now, enqueued))
     cursor = session.connection().connection.cursor()
     try:
         cursor.copy_expert(_COPY, stream, size=_COPY_BUFFER)
     finally:
         cursor.close()
-    return ids
+    if stream.error is not None:
+        raise stream.error  # the caller rolls back the rows copied before it
+    return ids[: counted.count]
+
+
+class _Counted:
+    """An iterable that counts what it has handed out."""
+
+    def __init__(self, items: Iterable[Recipient]) -> None:
+        self._items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Recipient]:
+        for item in self._items:
+            self.count += 1
+            yield item
+
+
+class _LineReader:
+    """The file copy_expert reads: each read() makes only the lines it returns.
+
+    An error while making them (a refused request) ends the stream and is kept in `error` for
+    the caller to raise: psycopg2 would turn it into QueryCanceled and lose what it was.
+    """
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.error: Exception | None = None
+
+    def read(self, size: int = -1) -> str:
+        parts: list[str] = []
+        length = 0
+        try:
+            for line in self._lines:
+                parts.append(line)
+                length += len(line)
+                if 0 <= size <= length:
+                    break
+        except Exception as exc:
+            self.error = exc
+            return ""
+        return "".join(parts)
 
 
 def _rows(
     batch: Batch,
-    accepted: list[Recipient],
+    accepted: Iterable[Recipient],
     ids: list[int],
     domain: str,
     now: datetime,
     enqueued: bool,
-) -> str:
+) -> Iterator[str]:
     stamp = now.isoformat()
     times = "\t".join((stamp, stamp, stamp if enqueued else NULL))
     # The columns every job of the batch shares, escaped once; each row adds its own.
@@ -83,26 +131,27 @@ def _rows(
         )
     )
     shared_tail = "\t".join((_field(batch.api_key_id), str(batch.id)))
-    message_ids = _message_ids(domain, len(accepted))
-    lines = [
-        "\t".join(
-            (
-                str(job_id),
-                _field(r.to_addr),
-                _field(r.to_name),
-                shared_head,
-                _field(r.subject),
-                shared_mid,
-                message_id,
-                shared_tail,
-                _field(r.variables_json),
-                times,
+    message_ids = _message_ids(domain, len(ids))
+    # The recipients first: zip must read them to their end (where the screening's own final
+    # checks run), not stop when the ids, drawn for every candidate, run out.
+    for r, job_id, message_id in zip(accepted, ids, message_ids, strict=False):
+        yield (
+            "\t".join(
+                (
+                    str(job_id),
+                    _field(r.to_addr),
+                    _field(r.to_name),
+                    shared_head,
+                    _field(r.subject),
+                    shared_mid,
+                    message_id,
+                    shared_tail,
+                    _field(r.variables_json),
+                    times,
+                )
             )
+            + "\n"
         )
-        for job_id, r, message_id in zip(ids, accepted, message_ids, strict=True)
-    ]
-    lines.append("")
-    return "\n".join(lines)
 
 
 def _field(value: object) -> str:

@@ -1,8 +1,9 @@
-"""Batch intake: parse a request, then screen each recipient before anything is stored.
+"""Batch intake: parse a request, then screen each recipient as the batch is stored.
 
 Screening refuses a recipient for a bad address, a duplicate in the request, a suppressed
 address, variables that miss a name the template certainly needs or exceed the bounds
-(variables.py), or a subject that does not render into a header. Text and html are rendered
+(variables.py), or a subject that does not render into a header. The last three are judged
+while the jobs stream into PostgreSQL (`Screening.accepted`, copy.py). Text and html are rendered
 only when sent, where the sandbox's budget is authoritative.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import String, any_, cast, select
@@ -79,10 +80,74 @@ class Rejection:
     reason: str
 
 
-@dataclass
-class Screened:
-    accepted: list[Recipient] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
+class Screening:
+    """A request's recipients: addresses, duplicates and suppressions judged at once (`rejected`),
+    the rest judged one by one as `accepted()` yields them.
+
+    Lazy so that the batch's COPY can stream them (copy.py): PostgreSQL stores one part of the
+    batch on one core while this screens the next on the other, where screening all first left
+    them one after the other. `rejected` is complete, in request order, once `accepted()` ends.
+    """
+
+    def __init__(
+        self,
+        request: BatchRequest,
+        candidates: list[tuple[int, str | None, str, dict]],
+        suppressed: set[str],
+        rejected: list[Rejection],
+        *,
+        settings: Settings,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._request = request
+        self._candidates = candidates
+        self._suppressed = suppressed
+        self.rejected = rejected
+        self._settings = settings
+        self._monotonic = monotonic
+
+    @property
+    def most(self) -> int:
+        """The most recipients accepted() can yield."""
+        return len(self._candidates)
+
+    def accepted(self) -> Iterator[Recipient]:
+        """Yield each recipient that passes; record the others in `rejected`.
+
+        Raises ValidationError when the subject's renders outlast their budget, or (at the end)
+        TemplateBudgetError when the body is a template bomb: both refuse the whole request.
+        """
+        request = self._request
+        compiled = compile_template(request.template, self._settings.max_body_bytes)
+        given = frozenset({UNSUBSCRIBE_VAR}) if request.category == "marketing" else frozenset()
+        needed = TemplateVariables(request.template, given)
+        subjects = SubjectRenderer(compiled)
+        deadline = self._monotonic() + SUBJECT_BUDGET_SECONDS
+        first: dict | None = None
+        for index, to_name, to_addr, variables in self._candidates:
+            if to_addr.lower() in self._suppressed:
+                self.rejected.append(Rejection(index, _shown(request, index), "suppressed"))
+                continue
+            try:
+                needed.check(variables)
+                encoded = encode_variables(variables)
+                subject = check_header_text(
+                    subjects.render(variables), "rendered subject", MAX_SUBJECT
+                )
+            except (TemplateError, ValidationError, VariablesError) as exc:
+                self.rejected.append(Rejection(index, _shown(request, index), str(exc)))
+                continue
+            if first is None:
+                first = variables
+            yield Recipient(to_name, to_addr, variables, subject, encoded)
+            if not subjects.is_simple and self._monotonic() > deadline:
+                raise ValidationError(
+                    "template.subject",
+                    f"rendering takes too long (over {SUBJECT_BUDGET_SECONDS:.0f} s for the batch)",
+                )
+        self.rejected.sort(key=lambda r: r.index)
+        if first is not None:
+            _trial_render(compiled, first, request.category, self._settings)
 
 
 def parse_batch_request(
@@ -181,42 +246,19 @@ def screen(
     *,
     settings: Settings,
     monotonic: Callable[[], float] = time.monotonic,
-) -> Screened:
-    """Accept or reject each recipient: bad address, duplicate, suppressed, bad variables.
+) -> Screening:
+    """Refuse bad addresses, duplicates and suppressed addresses now; the rest as they are read.
 
-    The text and html parts are not rendered here: each recipient's variables are checked
-    against the names the template needs (variables.py), and bounded; the subject is rendered
-    because the job stores it (subject.py, cheap for plain substitutions).
+    The text and html parts are not rendered: each recipient's variables are checked against the
+    names the template needs (variables.py), and bounded; the subject is rendered because the job
+    stores it (subject.py, cheap for plain substitutions).
     """
-    result = Screened()
-    candidates = _addresses(request.recipients, result)
+    rejected: list[Rejection] = []
+    candidates = _addresses(request.recipients, rejected)
     suppressed = _suppressed(session, [c[2] for c in candidates])
-    compiled = compile_template(request.template, settings.max_body_bytes)
-    given = frozenset({UNSUBSCRIBE_VAR}) if request.category == "marketing" else frozenset()
-    needed = TemplateVariables(request.template, given)
-    subjects = SubjectRenderer(compiled)
-    deadline = monotonic() + SUBJECT_BUDGET_SECONDS
-    for index, to_name, to_addr, variables in candidates:
-        if to_addr.lower() in suppressed:
-            result.rejected.append(Rejection(index, _shown(request, index), "suppressed"))
-            continue
-        try:
-            needed.check(variables)
-            encoded = encode_variables(variables)
-            subject = check_header_text(subjects.render(variables), "rendered subject", MAX_SUBJECT)
-        except (TemplateError, ValidationError, VariablesError) as exc:
-            result.rejected.append(Rejection(index, _shown(request, index), str(exc)))
-            continue
-        result.accepted.append(Recipient(to_name, to_addr, variables, subject, encoded))
-        if not subjects.is_simple and monotonic() > deadline:
-            raise ValidationError(
-                "template.subject",
-                f"rendering takes too long (over {SUBJECT_BUDGET_SECONDS:.0f} s for the batch)",
-            )
-    result.rejected.sort(key=lambda r: r.index)
-    if result.accepted:
-        _trial_render(compiled, result.accepted[0].variables, request.category, settings)
-    return result
+    return Screening(
+        request, candidates, suppressed, rejected, settings=settings, monotonic=monotonic
+    )
 
 
 def _trial_render(
@@ -256,7 +298,9 @@ def _suppressed(session: Session, addresses: list[str]) -> set[str]:
     return {row[0] for row in rows}
 
 
-def _addresses(recipients: list[dict], result: Screened) -> list[tuple[int, str | None, str, dict]]:
+def _addresses(
+    recipients: list[dict], rejected: list[Rejection]
+) -> list[tuple[int, str | None, str, dict]]:
     seen: set[str] = set()
     candidates = []
     for index, entry in enumerate(recipients):
@@ -264,12 +308,12 @@ def _addresses(recipients: list[dict], result: Screened) -> list[tuple[int, str 
             to_name, to_addr = parse_recipient(entry.get("to"), "to")
         except ValidationError as exc:
             shown = _shown_value(entry.get("to"))
-            result.rejected.append(Rejection(index, shown, f"bad address: {exc.message}"))
+            rejected.append(Rejection(index, shown, f"bad address: {exc.message}"))
             continue
         key = to_addr.lower()
         if key in seen:
             shown = _shown_value(entry.get("to"))
-            result.rejected.append(Rejection(index, shown, "duplicate in this request"))
+            rejected.append(Rejection(index, shown, "duplicate in this request"))
             continue
         seen.add(key)
         candidates.append((index, to_name, to_addr, entry.get("vars") or {}))

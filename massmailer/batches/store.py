@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from massmailer import dispatch
 from massmailer.batches.copy import copy_jobs
-from massmailer.batches.intake import BatchRequest, Recipient, Rejection, Screened
+from massmailer.batches.intake import BatchRequest, Recipient, Rejection, Screening
 from massmailer.config import Settings
 from massmailer.delivery.message import make_message_id
 from massmailer.jobstore import Dispatch
@@ -42,12 +42,16 @@ class StoredBatch:
 def store(
     session: Session,
     request: BatchRequest,
-    screened: Screened,
+    screening: Screening,
     *,
     api_key_id: int | None,
     settings: Settings,
 ) -> StoredBatch:
-    """Insert the batch and its jobs in the session's transaction; the caller commits."""
+    """Insert the batch and its jobs in the session's transaction; the caller commits.
+
+    The recipients are screened while their jobs are copied (`Screening.accepted`), so the
+    batch's counts are written once that is done.
+    """
     now = utcnow()
     batch = Batch(
         api_key_id=api_key_id,
@@ -59,26 +63,33 @@ def store(
         priority=request.priority,
         category=request.category,
         send_at=request.send_at,
-        accepted=len(screened.accepted),
-        rejected=len(screened.rejected),
+        accepted=0,
+        rejected=0,
         created_at=now,
     )
     postgres = session.get_bind().dialect.name == "postgresql"
     # Published right after the commit: mark the batch, not each job (migration 0008).
-    marked = postgres and bool(screened.accepted) and not _scheduled(request.send_at, now)
+    marked = postgres and screening.most > 0 and not _scheduled(request.send_at, now)
     if marked:
         batch.unconfirmed_since = now
     session.add(batch)
     session.flush()
     job_ids: list[int] = []
-    if screened.accepted:
+    if screening.most:
         if postgres:
             domain = settings.message_id_domain
-            job_ids = copy_jobs(session, batch, screened.accepted, domain, now, enqueued=marked)
+            job_ids = copy_jobs(
+                session, batch, screening.accepted(), screening.most, domain, now, enqueued=marked
+            )
         else:  # the embedded demo's SQLite: no COPY, no sequences
-            job_ids = _insert_jobs(session, batch, screened.accepted, settings, now)
+            accepted = list(screening.accepted())
+            job_ids = _insert_jobs(session, batch, accepted, settings, now) if accepted else []
+    batch.accepted, batch.rejected = len(job_ids), len(screening.rejected)
+    if not job_ids:
+        batch.unconfirmed_since = None
+        marked = False
     return StoredBatch(
-        batch.id, job_ids, request.priority, request.send_at, screened.rejected, marked
+        batch.id, job_ids, request.priority, request.send_at, screening.rejected, marked
     )
 
 
