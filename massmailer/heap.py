@@ -1,8 +1,15 @@
-"""Keep what a process builds at start-up out of the garbage collector's full passes."""
+"""Keep the garbage collector's full passes off what needs none of them."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import threading
+from collections.abc import Iterator
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_was_enabled = False
 
 
 def freeze_startup_objects() -> None:
@@ -15,3 +22,27 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Run the block with the cyclic collector off (in every thread), and on again after it.
+
+    A batch request parses and screens tens of thousands of dicts and lists that form no cycle:
+    reference counting frees them all, yet the collector, triggered by the allocations, walked
+    them again and again as they grew (bench/README.md). What the block leaves in cycles is
+    collected by the first pass after it. Nested and concurrent blocks turn it on after the last.
+    """
+    global _pauses, _was_enabled
+    with _pause_lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()
