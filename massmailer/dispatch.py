@@ -25,6 +25,11 @@ class Publisher(Protocol):
     def publish(self, job_ids: list[int], priority: int, delay_seconds: int = 0) -> None:
         """Queue one chunk; return only once the queue holds it, else raise PublishError."""
 
+    def publish_many(
+        self, chunks: Sequence[tuple[list[int], int]], delay_seconds: int = 0
+    ) -> list[bool]:
+        """Queue (job_ids, priority) chunks together; return whether the queue holds each."""
+
 
 # A chunk's messages are sent at once by its process's sender threads, so a chunk of a few dozen
 # keeps many SMTP sessions busy; a group is still cut into at least SPREAD chunks (while that keeps
@@ -90,22 +95,41 @@ def dispatch_marked(
 def _publish(
     publisher: Publisher, dispatches: Sequence[Dispatch], chunk_size: int, delay_seconds: int
 ) -> tuple[list[Dispatch], list[Dispatch]]:
-    """Publish in chunks; return the dispatches the queue confirmed and those it did not."""
+    """Publish in chunks; return the dispatches the queue confirmed and those it did not.
+
+    The rows are committed, so what the queue did not take is not lost: the sweeper publishes it
+    later.
+    """
+    cut = list(chunks(dispatches, chunk_size))
+    if len(cut) == 1:
+        held = [_publish_one(publisher, cut[0], delay_seconds)]
+    else:  # their confirms awaited together: one round trip to the broker, not one per chunk
+        held = publisher.publish_many(
+            [([d.job_id for d in chunk], chunk[0].priority) for chunk in cut], delay_seconds
+        )
     confirmed: list[Dispatch] = []
     failed: list[Dispatch] = []
-    for chunk in chunks(dispatches, chunk_size):
-        ids = [d.job_id for d in chunk]
-        try:
-            publisher.publish(ids, chunk[0].priority, delay_seconds)
-        except PublishError as exc:
-            # The rows are committed, so nothing is lost: the sweeper publishes them later.
-            logger.warning(
-                "event=publish_failed jobs=%d first_job_id=%d error=%r", len(ids), ids[0], str(exc)
-            )
-            failed.extend(chunk)
-            continue
-        confirmed.extend(chunk)
+    for chunk, ok in zip(cut, held, strict=True):
+        (confirmed if ok else failed).extend(chunk)
+    if failed and len(cut) > 1:
+        logger.warning(
+            "event=publish_failed jobs=%d first_job_id=%d error=not_confirmed",
+            len(failed),
+            failed[0].job_id,
+        )
     return confirmed, failed
+
+
+def _publish_one(publisher: Publisher, chunk: list[Dispatch], delay_seconds: int) -> bool:
+    ids = [d.job_id for d in chunk]
+    try:
+        publisher.publish(ids, chunk[0].priority, delay_seconds)
+    except PublishError as exc:
+        logger.warning(
+            "event=publish_failed jobs=%d first_job_id=%d error=%r", len(ids), ids[0], str(exc)
+        )
+        return False
+    return True
 
 
 def _stamp(session: Session, confirmed: list[Dispatch]) -> None:

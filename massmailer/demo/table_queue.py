@@ -81,3 +81,10 @@ class TablePublisher:
     def publish(self, job_ids: list[int], priority: int, delay_seconds: int = 0) -> None:
         """'Confirm' at once: the job rows are durable; a delayed one waits on next_attempt_at."""
         self._queue.wake()
+
+    def publish_many(
+        self, chunks: Sequence[tuple[list[int], int]], delay_seconds: int = 0
+    ) -> list[bool]:
+        """'Confirm' them all at once, as publish() does one."""
+        self._queue.wake()
+        return [True] * len(chunks)
