@@ -101,12 +101,12 @@ def _publish(
     later.
     """
     cut = list(chunks(dispatches, chunk_size))
-    if len(cut) == 1:
-        held = [_publish_one(publisher, cut[0], delay_seconds)]
-    else:  # their confirms awaited together: one round trip to the broker, not one per chunk
+    if len(cut) > 1:  # their confirms awaited together: one round trip, not one per chunk
         held = publisher.publish_many(
             [([d.job_id for d in chunk], chunk[0].priority) for chunk in cut], delay_seconds
         )
+    else:  # one chunk, or none: nothing to await together, and no channel opened for nothing
+        held = [_publish_one(publisher, chunk, delay_seconds) for chunk in cut]
     confirmed: list[Dispatch] = []
     failed: list[Dispatch] = []
     for chunk, ok in zip(cut, held, strict=True):
