@@ -57,8 +57,7 @@ def copy_jobs(
     publish until it is confirmed), rather than with an UPDATE of every job afterwards.
     """
     ids = sorted(session.execute(_NEXT_IDS, {"n": most}).scalars())
-    counted = _Counted(accepted)
-    stream = _LineReader(_rows(batch, counted, ids, domain, now, enqueued))
+    stream = _LineReader(_rows(batch, accepted, ids, domain, now, enqueued))
     cursor = session.connection().connection.cursor()
     try:
         cursor.copy_expert(_COPY, stream, size=_COPY_BUFFER)
@@ -66,31 +65,20 @@ def copy_jobs(
         cursor.close()
     if stream.error is not None:
         raise stream.error  # the caller rolls back the rows copied before it
-    return ids[: counted.count]
-
-
-class _Counted:
-    """An iterable that counts what it has handed out."""
-
-    def __init__(self, items: Iterable[Recipient]) -> None:
-        self._items = items
-        self.count = 0
-
-    def __iter__(self) -> Iterator[Recipient]:
-        for item in self._items:
-            self.count += 1
-            yield item
+    return ids[: stream.lines]  # one line per job, given the ids in order
 
 
 class _LineReader:
     """The file copy_expert reads: each read() makes only the lines it returns.
 
-    An error while making them (a refused request) ends the stream and is kept in `error` for
-    the caller to raise: psycopg2 would turn it into QueryCanceled and lose what it was.
+    `lines` counts the lines made. An error while making them (a refused request) ends the
+    stream and is kept in `error` for the caller to raise: psycopg2 would turn it into
+    QueryCanceled and lose what it was.
     """
 
     def __init__(self, lines: Iterator[str]) -> None:
         self._lines = lines
+        self.lines = 0
         self.error: Exception | None = None
 
     def read(self, size: int = -1) -> str:
@@ -99,6 +87,7 @@ class _LineReader:
         try:
             for line in self._lines:
                 parts.append(line)
+                self.lines += 1
                 length += len(line)
                 if 0 <= size <= length:
                     break
