@@ -242,7 +242,10 @@ def _probe_postgres() -> Service:
 
 def machine_rabbitmqctl(*args: str) -> subprocess.CompletedProcess:
     """rabbitmqctl against the machine's node (needs its Erlang cookie: root or user rabbitmq)."""
-    return subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    # Debian installs it in /usr/sbin, which an ordinary user's PATH leaves out.
+    ctl = shutil.which("rabbitmqctl") or shutil.which("rabbitmqctl", path="/usr/sbin:/sbin")
+    command = [ctl or "rabbitmqctl", *args]
+    return subprocess.run(command, check=True, capture_output=True, timeout=60)
 
 
 def _probe_rabbitmq() -> Service:
