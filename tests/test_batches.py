@@ -79,7 +79,7 @@ def test_a_batch_is_stored_with_its_template_once_and_queued_in_chunks(
     assert len({j.message_id for j in jobs}) == 450
     # 450 jobs spread over at least 8 chunks of 25+ (dispatch.chunk_length): 8 chunks of 57,
     # the last one shorter.
-    assert settings.chunk_size == 400
+    assert settings.chunk_size == 800
     assert chunk_length(450, settings.chunk_size) == 57
     assert infra.queue_depth(broker_url, SEND_QUEUE) == 8
 

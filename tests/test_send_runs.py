@@ -163,7 +163,8 @@ def test_a_runs_followers_cost_one_round_trip_each_through_a_distant_relay(limit
 
 
 @pytest.mark.parametrize(
-    ("chunk", "expected"), [(1, 1), (31, 1), (32, 2), (100, 6), (200, 8), (5000, 8)]
+    ("chunk", "expected"),
+    [(1, 1), (99, 1), (100, 2), (200, 4), (400, 8), (800, 16), (5000, 16)],
 )
-def test_small_chunks_go_a_job_at_a_time_and_big_ones_in_runs_of_at_most_eight(chunk, expected):
+def test_small_chunks_go_a_job_at_a_time_and_big_ones_in_runs_of_at_most_sixteen(chunk, expected):
     assert run_length(chunk) == expected

@@ -55,17 +55,20 @@ MAX_LATE_SLOTS = 3
 # throttled try is an attempt row but charges nothing.
 MAX_THROTTLED_TRIES = 3
 _UNCHARGED_OUTCOMES = frozenset(str(kind) for kind in retry.UNCHARGED_KINDS)
-# A run is at most this many jobs. Longer runs save CPU against a fast provider, but a run's jobs
-# go one after another and the slot waits for its whole chunk, so against a distant provider they
-# make each chunk last longer (12 against 8: +20 % and -15 %, bench/README.md).
-MAX_RUN_LENGTH = 8
-# Chunks are cut into at least this many runs while a run keeps two jobs or more.
-MIN_RUNS_PER_CHUNK = 16
+# A chunk is cut into about this many runs, which all go at once (within the 64 sender threads).
+# A run's jobs go one after another and the slot waits for its whole chunk, so against a distant
+# provider a chunk lasts about one run's round trips: the number of runs, not their length, sets
+# the sessions a slot keeps busy. Longer runs save CPU against a fast provider, so big chunks get
+# them (800 in runs of 16 against 400 in runs of 8: +12 % at the fast sink, the same at 20 ms).
+RUNS_PER_CHUNK = 50
+# Beyond this, a run's length costs more at a distance than it saves (1,200 in runs of 24 was
+# slower at the fast sink too, bench/README.md).
+MAX_RUN_LENGTH = 16
 
 
 def run_length(chunk_length: int) -> int:
     """How many jobs one sender thread takes from a chunk of this many: 1 for a small chunk."""
-    return max(1, min(MAX_RUN_LENGTH, chunk_length // MIN_RUNS_PER_CHUNK))
+    return max(1, min(MAX_RUN_LENGTH, chunk_length // RUNS_PER_CHUNK))
 
 
 def late_slot_tolerance(provider: ProviderConfig) -> float:
