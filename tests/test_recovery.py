@@ -219,9 +219,8 @@ def restart_rabbitmq() -> None:
     if own is not None:  # the broker the harness started for this run, never the machine's
         own.restart()
         return
-    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
-    subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
-    subprocess.run(["rabbitmqctl", "await_startup"], check=True, capture_output=True, timeout=120)
+    for step in ("stop_app", "start_app", "await_startup"):
+        infra.rabbitmqctl(step)  # the machine's node, through the harness's rabbitmqctl
 
 
 def restart_postgresql() -> None:
