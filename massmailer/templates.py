@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import markupsafe
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import markup_join, str_join
@@ -28,6 +29,7 @@ from jinja2.utils import Namespace
 
 from massmailer import template_budget
 from massmailer.template_budget import BudgetExceeded, RenderBudget
+from massmailer.template_substitution import fill, substitution_pieces
 
 PARTS = ("subject", "text", "html")
 MAX_VALUE_CHARS = 100_000  # the largest string or list `*` or `replace` may build
@@ -336,6 +338,10 @@ class CompiledTemplate:
             for part in PARTS
             if getattr(source, part) is not None
         }
+        self._substitutions = {
+            part: substitution_pieces(_environment_of(part), getattr(source, part))
+            for part in self._parts
+        }
 
     def has(self, part: str) -> bool:
         """Tell whether the template has this part."""
@@ -346,7 +352,7 @@ class CompiledTemplate:
         text = getattr(self.source, part)
         if text is None:
             return set()
-        env = _HTML if part == "html" else _PLAIN
+        env = _environment_of(part)
         return meta.find_undeclared_variables(env.parse(text))
 
     def render(self, variables: Mapping[str, object], parts: tuple[str, ...] = PARTS) -> Rendered:
@@ -357,6 +363,12 @@ class CompiledTemplate:
     def render_part(self, part: str, variables: Mapping[str, object]) -> str:
         """Fill in one part; raise TemplateError for an undefined variable or a forbidden access,
         TemplateBudgetError for a render over its budget."""
+        pieces = self._substitutions[part]
+        if pieces is not None:
+            filled = fill(pieces, variables, markupsafe.escape if part == "html" else None)
+            if filled is not None:
+                self._check_output(part, len(filled))
+                return filled
         budget = RenderBudget(max_value_chars=self.max_output_chars)
         try:
             with template_budget.active(budget):
@@ -378,12 +390,13 @@ class CompiledTemplate:
         size = 0
         for piece in self._parts[part].generate(variables):
             size += len(piece)
-            if size > self.max_output_chars:
-                raise TemplateError(
-                    part, f"renders to more than {self.max_output_chars} characters"
-                )
+            self._check_output(part, size)
             pieces.append(piece)
         return "".join(pieces)
+
+    def _check_output(self, part: str, size: int) -> None:
+        if size > self.max_output_chars:
+            raise TemplateError(part, f"renders to more than {self.max_output_chars} characters")
 
 
 def compile_template(
@@ -393,8 +406,12 @@ def compile_template(
     return CompiledTemplate(source, max_output_chars)
 
 
+def _environment_of(part: str) -> _Sandbox:
+    return _HTML if part == "html" else _PLAIN
+
+
 def _compile(part: str, text: str) -> Template:
-    env = _HTML if part == "html" else _PLAIN
+    env = _environment_of(part)
     try:
         return env.from_string(text)
     except TemplateSyntaxError as exc:
