@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -86,26 +85,22 @@ class OutcomeRecorder:
         charged: int = 1,
     ) -> None:
         self._add(
-            OutcomeRow(
-                job_id,
-                "sent",
-                provider=bounded(provider, PROVIDER_CHARS),
-                queue_id=bounded(queue_id, QUEUE_ID_CHARS),
-                reply=bounded(reply, REPLY_CHARS),
-                charged=charged,
-            )
+            job_id,
+            "sent",
+            provider=bounded(provider, PROVIDER_CHARS),
+            queue_id=bounded(queue_id, QUEUE_ID_CHARS),
+            reply=bounded(reply, REPLY_CHARS),
+            charged=charged,
         )
         self._accepted.append((accepted_at, priority))
 
     def failed(self, job_id: int, provider: str | None, error: str, charged: int) -> None:
         self._add(
-            OutcomeRow(
-                job_id,
-                "failed",
-                provider=bounded(provider, PROVIDER_CHARS),
-                error=bounded(error, ERROR_CHARS),
-                charged=charged,
-            )
+            job_id,
+            "failed",
+            provider=bounded(provider, PROVIDER_CHARS),
+            error=bounded(error, ERROR_CHARS),
+            charged=charged,
         )
 
     def retry(
@@ -119,14 +114,12 @@ class OutcomeRecorder:
     ) -> None:
         # next_attempt_at is the database's now plus the tier, set when the flush runs.
         self._add(
-            OutcomeRow(
-                job.job_id,
-                "retry",
-                error=bounded(error, ERROR_CHARS),
-                charged=charged,
-                tier_seconds=tier_seconds,
-                failed_provider=bounded(failed_provider, PROVIDER_CHARS),
-            )
+            job.job_id,
+            "retry",
+            error=bounded(error, ERROR_CHARS),
+            charged=charged,
+            tier_seconds=tier_seconds,
+            failed_provider=bounded(failed_provider, PROVIDER_CHARS),
         )
         self._retries.append(
             (tier_seconds, Dispatch(job.job_id, job.priority, job.dispatch_seq + 1))
@@ -203,10 +196,12 @@ class OutcomeRecorder:
         self._codes = {}
         self._last_flush = self._monotonic()
 
-    def _add(self, row: OutcomeRow) -> None:
-        smtp_code, enhanced = self._codes.get(row.job_id, (None, None))
-        self._rows.append(replace(row, smtp_code=smtp_code, enhanced_code=enhanced))
-        self.counts[row.kind] += 1
+    def _add(self, job_id: int, kind: str, **fields: object) -> None:
+        smtp_code, enhanced = self._codes.get(job_id, (None, None))
+        self._rows.append(
+            OutcomeRow(job_id, kind, smtp_code=smtp_code, enhanced_code=enhanced, **fields)  # type: ignore[arg-type]
+        )
+        self.counts[kind] += 1
 
     def _count(self, now: datetime) -> None:
         # After the commit: a flush that failed counts nothing, so metrics never run ahead of

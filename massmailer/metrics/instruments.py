@@ -6,6 +6,7 @@ metrics never show a send the database lost.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter, Histogram
@@ -50,26 +51,41 @@ def code_class(smtp_code: int | None) -> str:
 
 def count_attempts(rows: Iterable[Mapping]) -> None:
     """Count committed email_attempts rows (provider, outcome, smtp_code, duration_ms)."""
+    # Tallied first: labels() takes a lock and validates, once per label set and flush is enough.
+    tally: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    durations: dict[str, list[float]] = collections.defaultdict(list)
     for row in rows:
         provider = row["provider"] or NO_PROVIDER
-        ATTEMPTS.labels(provider, row["outcome"], code_class(row["smtp_code"])).inc()
+        tally[provider, row["outcome"], code_class(row["smtp_code"])] += 1
         if row["duration_ms"] is not None:
-            SMTP_DURATION.labels(provider).observe(row["duration_ms"] / 1000)
+            durations[provider].append(row["duration_ms"] / 1000)
+    for labels, n in tally.items():
+        ATTEMPTS.labels(*labels).inc(n)
+    for provider, seconds in durations.items():
+        _observe_all(SMTP_DURATION.labels(provider), seconds)
 
 
 def count_final(status: str, providers: Iterable[str | None]) -> None:
     """Count jobs that committed a final status."""
-    for provider in providers:
-        EMAILS.labels(status, provider or NO_PROVIDER).inc()
+    for provider, n in collections.Counter(providers).items():
+        EMAILS.labels(status, provider or NO_PROVIDER).inc(n)
 
 
 def count_retries(charged: Iterable[int]) -> None:
     """Count jobs sent to a delay tier; an uncharged one waited for capacity."""
-    for n in charged:
-        RETRIES.labels("failure" if n else "capacity").inc()
+    for reason, n in collections.Counter("failure" if c else "capacity" for c in charged).items():
+        RETRIES.labels(reason).inc(n)
 
 
 def observe_accept_to_sent(seconds_by_priority: Iterable[tuple[float, int]]) -> None:
     """Record how long committed SENT jobs took from acceptance, with each job's priority."""
+    by_priority: dict[int, list[float]] = collections.defaultdict(list)
     for value, priority in seconds_by_priority:
-        ACCEPT_TO_SENT.labels(str(priority)).observe(max(0.0, value))
+        by_priority[priority].append(max(0.0, value))
+    for priority, values in by_priority.items():
+        _observe_all(ACCEPT_TO_SENT.labels(str(priority)), values)
+
+
+def _observe_all(histogram, values: Iterable[float]) -> None:
+    for value in values:
+        histogram.observe(value)
