@@ -8,10 +8,13 @@ id in a context variable; a handler filter copies it onto every record, so every
 from __future__ import annotations
 
 import logging
+import os
 import re
+import select
 import sys
 import time
 from contextvars import ContextVar
+from typing import TextIO
 
 FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s%(context)s"
 
@@ -77,12 +80,57 @@ def redact(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1:***@", text)
 
 
+class LineHandler(logging.StreamHandler):
+    """A StreamHandler that writes each line with one system call and, usually, no lock.
+
+    A worker logs a line per message from dozens of sender threads. StreamHandler takes its lock
+    twice a line (to write, then to flush), and under load threads queue for it. A write() of at
+    most PIPE_BUF bytes lands whole on a pipe, and a regular file's writes never interleave on
+    Linux, so a line that short goes out at once; a longer one (a traceback) takes the lock.
+    A stream without a file descriptor (a test's StringIO) is written as StreamHandler does.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if self._fd is None:
+            return bool(super().handle(record))
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._fd is None:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+            data = line.encode(self._encoding, "backslashreplace")
+            if len(data) <= select.PIPE_BUF:
+                written = os.write(self._fd, data)
+                if written == len(data):
+                    return
+                data = data[written:]
+            with self.lock:  # type: ignore[union-attr]
+                while data:
+                    data = data[os.write(self._fd, data) :]
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Send key=value lines to stderr unless logging is already configured."""
     root = logging.getLogger()
     if root.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     handler.addFilter(ContextFilter())
     handler.setFormatter(RedactingFormatter(FORMAT))
     root.addHandler(handler)
