@@ -98,9 +98,11 @@ class Settings:
     max_batch_recipients: int = 10_000
     max_batch_bytes: int = 20_000_000  # the largest POST /v1/batches body
     # Delivery concurrency: sender threads per worker process (each holds at most one SMTP
-    # session), the wall-clock bound of one SMTP transaction (it must fit well inside the lease),
-    # and how long a send may wait in the process for a provider's rate slot.
+    # session), at most and at least while replies come fast (delivery/thread_limit.py), the
+    # wall-clock bound of one SMTP transaction (it must fit well inside the lease), and how long
+    # a send may wait in the process for a provider's rate slot.
     sender_threads: int = 64
+    sender_threads_min: int = 16
     send_deadline_seconds: float = 20.0
     rate_wait_seconds: float = 30.0
     max_age_seconds: int = 259_200  # a job not sent 3 days after it was due ends FAILED expired
@@ -211,6 +213,7 @@ def load_settings(environ: Mapping[str, str], *, require_services: bool = True) 
         max_batch_recipients=_int(environ, "MASSMAILER_MAX_BATCH_RECIPIENTS", 10_000, minimum=1),
         max_batch_bytes=_int(environ, "MASSMAILER_MAX_BATCH_BYTES", 20_000_000, minimum=1024),
         sender_threads=_int(environ, "MASSMAILER_SENDER_THREADS", 64, minimum=1),
+        sender_threads_min=_int(environ, "MASSMAILER_SENDER_THREADS_MIN", 16, minimum=1),
         send_deadline_seconds=send_deadline,
         rate_wait_seconds=_float(environ, "MASSMAILER_RATE_WAIT_SECONDS", 30.0),
         max_age_seconds=_int(environ, "MASSMAILER_MAX_AGE_SECONDS", 259_200, minimum=60),

@@ -74,7 +74,7 @@ def build_services(
     if limits is None:
         limits = make_limits(settings)
     pools = PoolRegistry(slots=limits, throttle_rules=settings.throttle_rules)
-    senders = SenderThreads(settings.sender_threads)
+    senders = SenderThreads(settings.sender_threads, settings.sender_threads_min)
     delivery = DeliveryService(settings, settings.providers, pools, limits, senders=senders)
     return Services(settings, limits, pools, delivery, publisher, senders)
 

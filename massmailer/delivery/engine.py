@@ -121,7 +121,9 @@ class DeliveryService:
         self._rng = rng or random.Random()
         self._clock = clock
         self._monotonic = monotonic
-        self._senders = senders or SenderThreads(settings.sender_threads)
+        self._senders = senders or SenderThreads(
+            settings.sender_threads, settings.sender_threads_min
+        )
         picker = ProviderPicker(providers, limits, self._rng)
         self._sender = JobSender(
             picker,
@@ -130,6 +132,7 @@ class DeliveryService:
             rate_wait_seconds=settings.rate_wait_seconds,
             signer=DkimSigner(settings.dkim_keys),
             destinations=settings.destinations,
+            on_stream=self._senders.note_stream,
         )
         self._composer = Composer(settings)
         self._keeper: LeaseKeeper | None = None

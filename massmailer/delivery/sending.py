@@ -164,10 +164,13 @@ class JobSender:
         rate_wait_seconds: float,
         signer: DkimSigner | None = None,
         destinations: DestinationLimits | None = None,
+        on_stream: Callable[[str, int, float], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._picker = picker
+        # Told each stream's provider, replies and seconds from the first reply to the last.
+        self._on_stream = on_stream or (lambda provider, replies, seconds: None)
         self._signer = signer
         self._destinations = destinations or default_destinations()
         self._limits = limits
@@ -324,11 +327,16 @@ class JobSender:
                 stream = smtp.send_many(
                     itertools.chain([leader], followers), each_within=window.deadline_seconds
                 )
+                first_reply = last_reply = 0.0
                 for envelope, outcome in stream:
                     state, began = taken[envelope.key]  # type: ignore[index]
+                    last_reply = self._monotonic()
+                    first_reply = first_reply or last_reply
+                    duration_ms = int((last_reply - began) * 1000)
                     # Recorded and logged as each reply comes, as a job sent alone is.
-                    error = self._settle(state.result, provider, outcome, self._ms_since(began))
+                    error = self._settle(state.result, provider, outcome, duration_ms)
                     settled.append((state, error))
+            self._on_stream(provider.name, len(settled), last_reply - first_reply)
         except PoolTimeout as busy:
             # Every session to this provider is busy: capacity, not failure; nothing is recorded.
             if result.error is None:
