@@ -69,6 +69,27 @@ def test_a_provider_reply_too_long_for_its_columns_is_truncated_not_fatal(app, c
     assert attempt.provider == "p" * 50 and len(attempt.enhanced_code) <= 16
 
 
+def test_numbers_times_and_nulls_reach_their_columns_as_recorded(app, client, auth):
+    # Numbers and times travel as array literals (jobstore/outcome_writes.py): every value,
+    # NULL included, must land as it was recorded, microseconds and all.
+    first, second = held_job(client, auth), held_job(client, auth, to="two@example.com")
+    at = [utcnow() - timedelta(seconds=3, microseconds=123457), utcnow()]
+    clock = iter([*at, utcnow(), utcnow()])  # then the flush's own readings
+    recorder = OutcomeRecorder(db.session, TOKEN, lambda: next(clock))
+    recorder.attempt(first, 1, "p1", "sent", smtp_code=250, duration_ms=2**31 + 5)
+    recorder.attempt(second, 3, "p2", "transient", smtp_code=None, error="timed out")
+    recorder.sent(first, "p1", "Q1", "250 ok", accepted_at=at[0])
+    recorder.failed(second, "p2", "timed out", charged=1)
+    recorder.flush()
+
+    [one], [two] = attempts(first), attempts(second)
+    assert (one.attempt_no, one.smtp_code, one.duration_ms) == (1, 250, 2**31 - 1)
+    assert (two.attempt_no, two.smtp_code, two.duration_ms) == (3, None, None)
+    assert [one.created_at, two.created_at] == at
+    assert (job(first).status, job(first).attempts) == ("SENT", 1)
+    assert (job(second).status, job(second).attempts) == ("FAILED", 1)
+
+
 def test_a_failed_flush_keeps_the_outcomes_for_the_next_one(app, client, auth):
     job_id = held_job(client, auth)
     recorder = OutcomeRecorder(db.session, TOKEN, utcnow)

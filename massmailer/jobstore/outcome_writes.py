@@ -79,7 +79,9 @@ def write_outcomes(session: Session, token: str, rows: Sequence[OutcomeRow]) -> 
     dialect = dialect_name(session)
     ordered = sorted(rows, key=lambda r: r.job_id)  # one lock order for every writer
     if dialect == "postgresql":
-        arrays = {f"o_{n}": [getattr(r, n) for r in ordered] for n in _NAMES}
+        arrays = {
+            f"o_{n}": _pg_array([getattr(r, n) for r in ordered], t) for n, t in _COLUMN_TYPES
+        }
         session.execute(_pg_statement(), {**arrays, "o_token": token})
         return
     now = utcnow()
@@ -105,7 +107,7 @@ def _pg_statement():
     (a VALUES list of n rows is a new statement to compile every flush: 0.4 s for 200 rows on a
     loaded 2-core machine).
     """
-    arrays = [cast(bindparam(f"o_{n}", type_=ARRAY(t)), ARRAY(t)) for n, t in _COLUMN_TYPES]
+    arrays = [cast(bindparam(f"o_{n}", type_=_bind_type(t)), ARRAY(t)) for n, t in _COLUMN_TYPES]
     v = (
         func.unnest(*arrays)
         .table_valued(*(column(n, t) for n, t in _COLUMN_TYPES))
@@ -169,7 +171,7 @@ def record_attempts(session: Session, rows: list[dict]) -> None:
     if not rows:
         return
     if dialect_name(session) == "postgresql":
-        arrays = {f"a_{n}": [r[n] for r in rows] for n, _ in _ATTEMPT_TYPES}
+        arrays = {f"a_{n}": _pg_array([r[n] for r in rows], t) for n, t in _ATTEMPT_TYPES}
         session.execute(_pg_attempts_insert(), arrays)
     else:
         session.execute(insert(attempts_table), rows)  # SQLAlchemy sends it multi-row
@@ -191,7 +193,7 @@ _ATTEMPT_TYPES = [
 @functools.cache
 def _pg_attempts_insert():
     """`INSERT INTO email_attempts (…) SELECT * FROM unnest(<arrays>)`, compiled once."""
-    arrays = [cast(bindparam(f"a_{n}", type_=ARRAY(t)), ARRAY(t)) for n, t in _ATTEMPT_TYPES]
+    arrays = [cast(bindparam(f"a_{n}", type_=_bind_type(t)), ARRAY(t)) for n, t in _ATTEMPT_TYPES]
     v = (
         func.unnest(*arrays)
         .table_valued(*(column(n, t) for n, t in _ATTEMPT_TYPES))
@@ -199,3 +201,30 @@ def _pg_attempts_insert():
     )
     names = [n for n, _ in _ATTEMPT_TYPES]
     return insert(attempts_table).from_select(names, select(*(v.c[n] for n in names)))
+
+
+# Numbers and times travel as one array literal ('{1,2,NULL}'), cast on the server: psycopg2
+# adapts each element of a list through Python, 0.8 µs an int and 1.7 µs a datetime, which made
+# a flush's parameters a twelfth of a worker's CPU. Strings stay lists: their quoting is psycopg2's.
+_LITERAL_TYPES = (BigInteger, Integer, DateTime)
+
+
+def _as_literal(column_type: object) -> bool:
+    kind = column_type if isinstance(column_type, type) else type(column_type)
+    return issubclass(kind, _LITERAL_TYPES)
+
+
+def _bind_type(column_type: object) -> object:
+    return Text() if _as_literal(column_type) else ARRAY(column_type)
+
+
+def _pg_array(values: list, column_type: object) -> list | str:
+    """The parameter of one array column: a literal for numbers and times, else the list."""
+    if not _as_literal(column_type):
+        return values
+    if isinstance(column_type, DateTime) or column_type is DateTime:
+        # isoformat() has no space, comma, brace or quote: no element needs quoting.
+        return "{" + ",".join("NULL" if v is None else v.isoformat() for v in values) + "}"
+    if None in values:
+        return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
+    return "{" + ",".join(map(str, map(int, values))) + "}"
