@@ -22,8 +22,6 @@ from massmailer.delivery.thread_limit import ThreadLimit
 P = ParamSpec("P")
 R = TypeVar("R")
 
-DEFAULT_FLOOR = 16
-
 logger = logging.getLogger(__name__)
 
 _Work = tuple[Future, contextvars.Context, Callable[..., Any], tuple, dict]
@@ -32,7 +30,7 @@ _Work = tuple[Future, contextvars.Context, Callable[..., Any], tuple, dict]
 class SenderThreads:
     """A fork-aware pool of at most `count` sender threads, shared by the process's chunks."""
 
-    def __init__(self, count: int, floor: int = DEFAULT_FLOOR) -> None:
+    def __init__(self, count: int, floor: int) -> None:
         self.count = count
         self._floor = floor
         self._cond = threading.Condition()
