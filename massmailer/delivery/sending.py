@@ -332,7 +332,7 @@ class JobSender:
                     state, began = taken[envelope.key]  # type: ignore[index]
                     last_reply = self._monotonic()
                     first_reply = first_reply or last_reply
-                    duration_ms = int((last_reply - began) * 1000)
+                    duration_ms = _ms_between(began, last_reply)
                     # Recorded and logged as each reply comes, as a job sent alone is.
                     error = self._settle(state.result, provider, outcome, duration_ms)
                     settled.append((state, error))
@@ -557,4 +557,8 @@ class JobSender:
             logger.warning("event=breaker_update_failed provider=%s error=%s", name, failure)
 
     def _ms_since(self, started: float) -> int:
-        return int((self._monotonic() - started) * 1000)
+        return _ms_between(started, self._monotonic())
+
+
+def _ms_between(started: float, ended: float) -> int:
+    return int((ended - started) * 1000)
