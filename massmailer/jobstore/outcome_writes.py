@@ -206,23 +206,25 @@ def _pg_attempts_insert():
 # Numbers and times travel as one array literal ('{1,2,NULL}'), cast on the server: psycopg2
 # adapts each element of a list through Python, 0.8 µs an int and 1.7 µs a datetime, which made
 # a flush's parameters a twelfth of a worker's CPU. Strings stay lists: their quoting is psycopg2's.
-_LITERAL_TYPES = (BigInteger, Integer, DateTime)
+_LITERAL_TYPES = (Integer, DateTime)  # BigInteger is an Integer
 
 
-def _as_literal(column_type: object) -> bool:
+def _literal_type(column_type: object) -> type | None:
+    """Integer or DateTime when the column travels as a literal, else None (a list)."""
     kind = column_type if isinstance(column_type, type) else type(column_type)
-    return issubclass(kind, _LITERAL_TYPES)
+    return next((t for t in _LITERAL_TYPES if issubclass(kind, t)), None)
 
 
 def _bind_type(column_type: object) -> object:
-    return Text() if _as_literal(column_type) else ARRAY(column_type)
+    return ARRAY(column_type) if _literal_type(column_type) is None else Text()
 
 
 def _pg_array(values: list, column_type: object) -> list | str:
     """The parameter of one array column: a literal for numbers and times, else the list."""
-    if not _as_literal(column_type):
+    kind = _literal_type(column_type)
+    if kind is None:
         return values
-    if isinstance(column_type, DateTime) or column_type is DateTime:
+    if kind is DateTime:
         # isoformat() has no space, comma, brace or quote: no element needs quoting.
         return "{" + ",".join("NULL" if v is None else v.isoformat() for v in values) + "}"
     if None in values:
